@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from egmf.cache.schema import DatasetSpec
+
 
 class DatasetError(ValueError):
     """Bad corpus input. The message names the file, the line (or clip) and the fix."""
@@ -27,3 +29,11 @@ class Utterance:
     dialogue: str = ""  # dialogue id, "" when the corpus has no dialogues
     turn: int = -1  # position inside the dialogue (0-based), -1 without dialogues
     features: dict = field(default_factory=dict)  # modality -> released .npy, imported instead of encoding (CHERMA)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What an adapter's load() returns: the label schema and the validated records."""
+
+    spec: DatasetSpec
+    utterances: list[Utterance]

@@ -1,5 +1,5 @@
-"""Dataset adapters: one module per corpus, each exposing SPEC (a cache.schema.DatasetSpec) and
-load(root, **options) -> list[Utterance]. Adding a corpus means adding a module and a line below."""
+"""Dataset adapters: one module per corpus, each exposing
+load(root, **options) -> records.Corpus (its DatasetSpec and its validated Utterances). Adding a corpus means adding a module and a line below."""
 from __future__ import annotations
 
 import importlib
