@@ -1,0 +1,35 @@
+"""Where things live inside a store, and opening one from a path or any fsspec URL.
+
+    <store>/            group; attrs["egmf"] = the header (schema, dataset, encoders, fingerprints)
+      meta/<col>        (N,) id, split, text, language, dialogue (str), turn (int32)
+      labels/<name>     (N,) int16 class id (-1 = none) or float32 score (NaN = none)
+      <modality>/features  (N, T, D) float16, zero-padded; chunk (1, T, D), shard (S, T, D), zstd
+      <modality>/lengths   (N,) int32, 0 = modality missing for that row
+      <modality>/problem   (N,) str, why the modality is missing ("" = fine)
+      done              (N,) bool, chunk (S,): a block of S rows is marked done after all its arrays are written
+"""
+from __future__ import annotations
+
+import zarr
+from zarr.codecs import ZstdCodec
+
+from egmf.cache.schema import CacheError
+
+META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn")
+# zstd's checksum turns a truncated or damaged shard into a decode error instead of silent garbage.
+FEATURE_CODEC = ZstdCodec(level=3, checksum=True)
+
+
+def storage_options_for(url: str, storage_options: dict | None) -> dict | None:
+    """fsspec options only make sense for URLs; a local path takes none."""
+    return storage_options if "://" in str(url) else None
+
+
+def open_group(url, mode: str, storage_options: dict | None = None) -> zarr.Group:
+    url = str(url)
+    try:
+        return zarr.open_group(store=url, mode=mode, storage_options=storage_options_for(url, storage_options))
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+        raise CacheError(
+            f"{url}: not a feature cache ({type(e).__name__}: {e}). "
+            "Fix: pass the folder or URL that egmf-extract / egmf-cache import-mmsa wrote") from None

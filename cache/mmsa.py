@@ -1,0 +1,115 @@
+"""Import MMSA-style pre-extracted features (`aligned_50.pkl` / `unaligned_50.pkl`) into a feature cache.
+
+The pickle holds {"train"|"valid"|"test": {"id", "raw_text", "audio" (n, T_a, D_a), "vision" (n, T_v, D_v),
+"text" (n, T_t, D_t), "audio_lengths", "vision_lengths", "regression_labels"[, "regression_labels_T"/"_A"/"_V"]}}.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec
+from egmf.cache.writer import CacheWriter
+
+ADAPTER_VERSION = "1"
+SPLITS = {"train": "train", "valid": "dev", "test": "test"}
+SOURCES = {"audio": "audio", "visual": "vision", "text": "text"}
+# MOSI/MOSEI scores lie in [-3, 3], CH-SIMS (v1, v2) in [-1, 1].
+RANGES = {"mosei": (-3.0, 3.0), "mosi": (-3.0, 3.0), "sims": (-1.0, 1.0), "sims-v2": (-1.0, 1.0)}
+LANGUAGES = {"mosei": "en", "mosi": "en", "sims": "zh", "sims-v2": "zh"}
+
+
+@dataclass
+class ImportReport:
+    rows: int
+    neg_inf_replaced: dict[str, int]  # modality -> values that were -inf and became 0
+    per_split: dict[str, int]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lengths(part: dict, modality: str, feats: np.ndarray) -> np.ndarray:
+    key = f"{SOURCES[modality]}_lengths"
+    if key in part:
+        return np.minimum(np.asarray(part[key], dtype=np.int64), feats.shape[1])
+    # Aligned pickles carry no lengths: a row ends after its last non-zero step.
+    nonzero = np.abs(feats).sum(-1) > 0  # (n, T)
+    return np.where(nonzero.any(1), feats.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
+
+
+def load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read the pickle ({type(e).__name__}: {e}). "
+                         "Fix: pass MMSA's aligned_50.pkl or unaligned_50.pkl") from None
+    missing = [s for s in SPLITS if s not in data] if isinstance(data, dict) else list(SPLITS)
+    if missing:
+        raise ValueError(f"{path}: not an MMSA feature pickle (no {missing} split). "
+                         "Fix: pass MMSA's aligned_50.pkl or unaligned_50.pkl")
+    for split in SPLITS:
+        need = ["id", "raw_text", "regression_labels", *SOURCES.values()]
+        absent = [k for k in need if k not in data[split]]
+        if absent:
+            raise ValueError(f"{path}: split '{split}' lacks {absent}. Fix: pass an MMSA feature pickle")
+    return data
+
+
+def import_mmsa(pkl: Path, out, dataset: str | None = None, rows_per_shard: int = 64,
+                progress: bool = True, storage_options: dict | None = None) -> ImportReport:
+    pkl = Path(pkl)
+    data = load_pickle(pkl)
+    labels_all = np.concatenate([np.asarray(data[s]["regression_labels"], np.float32).reshape(-1) for s in SPLITS])
+    if dataset is None:
+        dataset = "mosei" if np.abs(labels_all).max() > 1 else "sims-v2"
+    low, high = RANGES[dataset]
+    has_modal = all(f"regression_labels_{m}" in data[s] for s in SPLITS for m in "TAV")
+    names = ["sentiment"] + ([f"sentiment_{m}" for m in "TAV"] if has_modal else [])
+    spec = DatasetSpec(f"{dataset}-mmsa", ADAPTER_VERSION, "sentiment",
+                       tuple(LabelSpec(n, "score", low=low, high=high) for n in names))
+    weights = _sha256(pkl)
+    first = data["train"]
+    encoders = {m: EncoderSpec(m, "mmsa-import", pkl.name, weights, dim=int(first[src].shape[2]),
+                               max_steps=int(first[src].shape[1]), params={"source": pkl.stem})
+                for m, src in SOURCES.items()}
+
+    ids, texts, splits, labels = [], [], [], {n: [] for n in names}
+    for s, split in SPLITS.items():
+        part = data[s]
+        ids += [str(i) for i in part["id"]]
+        texts += [str(t) for t in part["raw_text"]]
+        splits += [split] * len(part["id"])
+        for n in names:
+            key = "regression_labels" + n[len("sentiment"):]
+            labels[n] += np.asarray(part[key], np.float32).reshape(-1).tolist()
+    n_rows = len(ids)
+    meta = {"id": ids, "split": splits, "text": texts, "language": [LANGUAGES[dataset]] * n_rows,
+            "dialogue": [""] * n_rows, "turn": [-1] * n_rows}
+    writer = CacheWriter.create(out, spec, encoders, meta, labels, rows_per_shard, storage_options)
+
+    feats = {m: np.concatenate([np.asarray(data[s][src], np.float32) for s in SPLITS]) for m, src in SOURCES.items()}
+    lengths = {m: np.concatenate([_lengths(data[s], m, np.asarray(data[s][src])) for s in SPLITS])
+               for m, src in SOURCES.items()}
+    neg_inf = {}
+    for m, x in feats.items():
+        bad = np.isneginf(x)
+        neg_inf[m] = int(bad.sum())
+        x[bad] = 0.0  # MMSA's COVAREP audio uses -inf for silence; 0 is its padding value
+    for a, b in tqdm(writer.pending_blocks(), desc="import", unit="shard", disable=not progress):
+        block = {m: [feats[m][i, : lengths[m][i]] if lengths[m][i] > 0 else None for i in range(a, b)]
+                 for m in SOURCES}
+        problems = {m: ["" if lengths[m][i] > 0 else "empty in the pickle" for i in range(a, b)] for m in SOURCES}
+        writer.write_block(a, block, problems)
+    return ImportReport(n_rows, neg_inf, {sp: splits.count(sp) for sp in SPLITS.values()})

@@ -1,0 +1,146 @@
+"""Reading a store for stage two: metadata, labels and features, in RAM when they fit, lazily when not."""
+from __future__ import annotations
+
+import functools
+import os
+
+import dask.array as da
+import numpy as np
+
+from egmf.cache.header import ATTR, Header
+from egmf.cache.layout import META_COLUMNS, open_group
+from egmf.cache.schema import CacheError
+
+# Read at most this many decoded bytes per request: large enough for zarr to fetch whole shards concurrently,
+# small enough that a scattered selection never holds much more than it returns.
+READ_SPAN_BYTES = 256 << 20
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+class Cache:
+    """A store opened read-only, from a local path or any fsspec URL (http://, s3://, ...)."""
+
+    def __init__(self, url, storage_options: dict | None = None):
+        self.url = str(url)
+        self.group = open_group(self.url, "r", storage_options)
+        if ATTR not in self.group.attrs:
+            raise CacheError(f"{self.url} is a Zarr group but not an EGMF cache (no '{ATTR}' header). "
+                             "Fix: pass a store written by egmf-extract or egmf-cache import-mmsa")
+        self.header = Header.from_json(dict(self.group.attrs[ATTR]), self.url)
+
+    @classmethod
+    def open(cls, url, storage_options: dict | None = None) -> "Cache":
+        return cls(url, storage_options)
+
+    @property
+    def dataset(self):
+        return self.header.dataset
+
+    @property
+    def encoders(self):
+        return self.header.encoders
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.header.modalities
+
+    @property
+    def fingerprint(self) -> str:
+        return self.header.fingerprint
+
+    @property
+    def features_fingerprint(self) -> str:
+        return self.header.features_fingerprint
+
+    @property
+    def n_rows(self) -> int:
+        return self.header.n_rows
+
+    @functools.cached_property
+    def meta(self) -> dict[str, np.ndarray]:
+        return {c: self.group[f"meta/{c}"][:] for c in META_COLUMNS}
+
+    @functools.cached_property
+    def labels(self) -> dict[str, np.ndarray]:
+        return {s.name: self.group[f"labels/{s.name}"][:] for s in self.dataset.labels}
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.group["done"][:]
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Indices of the complete rows, of one split or of all."""
+        keep = self.done
+        if split is not None:
+            keep = keep & (self.meta["split"] == split)
+        return np.flatnonzero(keep)
+
+    def lengths(self, modality: str) -> np.ndarray:
+        return self.group[f"{modality}/lengths"][:]
+
+    def problems(self, modality: str) -> np.ndarray:
+        return self.group[f"{modality}/problem"][:]
+
+    def nbytes(self, modality: str, n_rows: int) -> int:
+        enc = self.encoders[modality]
+        return n_rows * enc.max_steps * enc.dim * 2
+
+    def features(self, modality: str, rows=None, lazy: bool | None = None):
+        """(features (n, T, D) float16, lengths (n,) int32) of the given rows (default: all complete rows).
+
+        lazy=None decides by size: in RAM when the selection takes under half the available memory, otherwise a
+        dask array over the shards (each read when computed).
+        """
+        self._check_modality(modality)
+        rows = self.rows() if rows is None else np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths(modality)[rows]
+        arr = self.group[f"{modality}/features"]
+        if lazy is None:
+            lazy = self.nbytes(modality, len(rows)) > available_memory() // 2
+        if lazy:
+            return da.from_zarr(arr, chunks=(self.header.rows_per_shard, *arr.shape[1:]))[rows], lengths
+        return self._read_rows(arr, modality, rows), lengths
+
+    def _read_rows(self, arr, modality, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *arr.shape[1:]), arr.dtype)  # (n, T, D)
+        if len(rows) == 0:
+            return out
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        s = self.header.rows_per_shard
+        span_rows = max(s, READ_SPAN_BYTES // max(1, arr.nbytes // max(1, arr.shape[0])) // s * s)
+        i = 0
+        while i < len(sorted_rows):
+            lo = sorted_rows[i] // s * s
+            hi = min(lo + span_rows, arr.shape[0])
+            j = np.searchsorted(sorted_rows, hi)
+            # One request per span of whole shards: zarr fetches and decodes its shards concurrently.
+            try:
+                block = arr[lo:hi]
+            except Exception as e:
+                raise CacheError(
+                    f"{self.url}: {modality} features of rows {lo}..{hi - 1} cannot be read ({type(e).__name__}: "
+                    f"{e}). Fix: run `egmf-cache verify --repair {self.url}` and re-run egmf-extract to rewrite "
+                    "the damaged shards") from None
+            out[order[i:j]] = block[sorted_rows[i:j] - lo]
+            i = j
+        return out
+
+    def _check_modality(self, modality):
+        if modality not in self.encoders:
+            raise CacheError(f"{self.url} has no {modality} features (it has {', '.join(self.modalities)}). "
+                             "Fix: choose --modalities among those, or extract that modality")
+
+    def split_counts(self) -> dict[str, int]:
+        splits, counts = np.unique(self.meta["split"][self.done], return_counts=True)
+        return dict(zip(splits.tolist(), counts.tolist()))

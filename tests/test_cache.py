@@ -1,0 +1,205 @@
+import pickle
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import synthetic_cache as sc
+from egmf.cache.cli import app
+from egmf.cache.reader import Cache
+from egmf.cache.schema import CacheError
+from egmf.cache.writer import CacheWriter
+
+runner = CliRunner()
+
+
+def test_write_then_read_round_trips_features_labels_and_meta(tmp_path):
+    sc.write(tmp_path / "s", n=10)
+    c = Cache.open(tmp_path / "s")
+    assert c.done.all() and c.n_rows == 10
+    feats, lengths = c.features("text")
+    for i in range(10):
+        x = sc.features(i, "text")
+        assert lengths[i] == len(x)
+        np.testing.assert_allclose(feats[i, : len(x)], x.astype(np.float16))
+        assert not feats[i, len(x):].any()
+    audio, alen = c.features("audio")
+    assert alen[4] == 0 and not audio[4].any()  # row 4: modality missing, masked by length 0
+    assert c.problems("audio")[4] == "no audio track" and c.problems("audio")[3] == ""
+    meta, labels = sc.rows(10)
+    assert c.meta["id"].tolist() == meta["id"]
+    assert c.meta["text"][0] == "utterance 0 你好"
+    assert c.meta["turn"].tolist() == meta["turn"]
+    assert c.labels["emotion"].tolist() == labels["emotion"]
+    assert c.dataset.label("emotion").classes == sc.EMOTIONS
+    assert set(c.modalities) == {"audio", "visual", "text"}
+
+
+def test_selection_by_split_and_rows_in_any_order(tmp_path):
+    sc.write(tmp_path / "s", n=13)
+    c = Cache.open(tmp_path / "s")
+    dev = c.rows("dev")
+    assert dev.tolist() == [1, 4, 7, 10]
+    rows = np.array([12, 0, 5, 5])
+    feats, lengths = c.features("visual", rows)
+    for k, i in enumerate(rows):
+        x = sc.features(int(i), "visual")
+        np.testing.assert_allclose(feats[k, : len(x)], x.astype(np.float16))
+        assert lengths[k] == len(x)
+    lazy, _ = c.features("visual", rows, lazy=True)
+    np.testing.assert_array_equal(np.asarray(lazy.compute()), feats)
+
+
+def test_interrupted_write_resumes_to_the_same_store(tmp_path):
+    sc.write(tmp_path / "full", n=18)
+    w = sc.write(tmp_path / "part", n=18, blocks=[(0, 4), (8, 12)])
+    assert w.pending_blocks() == [(4, 8), (12, 16), (16, 18)]
+    resumed = sc.write(tmp_path / "part", n=18)  # reopens, writes only what is pending
+    assert resumed.pending_blocks() == []
+    a, b = Cache.open(tmp_path / "full"), Cache.open(tmp_path / "part")
+    assert a.fingerprint == b.fingerprint
+    for m in a.modalities:
+        np.testing.assert_array_equal(a.features(m)[0], b.features(m)[0])
+        np.testing.assert_array_equal(a.features(m)[1], b.features(m)[1])
+
+
+def test_rows_not_done_are_not_served(tmp_path):
+    sc.write(tmp_path / "s", n=12, blocks=[(4, 8)])
+    c = Cache.open(tmp_path / "s")
+    assert c.rows().tolist() == [4, 5, 6, 7]
+    assert c.split_counts() == {"dev": 2, "test": 1, "train": 1}  # rows 4..7
+
+
+def test_other_encoders_are_refused_with_the_reason(tmp_path):
+    sc.write(tmp_path / "s", n=8)
+    with pytest.raises(CacheError, match=r"audio encoder: the store has .*weights w0.*this run has .*weights w1.*--out"):
+        sc.write(tmp_path / "s", n=8, weights="w1")
+    with pytest.raises(CacheError, match="rows: the store has 8 utterances, this run has 9"):
+        sc.write(tmp_path / "s", n=9)
+
+
+def test_nan_features_are_refused_naming_the_clip(tmp_path):
+    w = sc.write(tmp_path / "s", n=4, blocks=[])
+    bad = {m: [sc.features(i, m) for i in range(4)] for m in ("audio", "visual", "text")}
+    bad["text"][2] = bad["text"][2].copy()
+    bad["text"][2][0, 0] = np.nan
+    with pytest.raises(CacheError, match="clip clip0002: text features contain NaN"):
+        w.write_block(0, bad)
+    assert not Cache.open(tmp_path / "s").done.any()
+
+
+def test_wrong_feature_size_is_refused(tmp_path):
+    w = sc.write(tmp_path / "s", n=4, blocks=[])
+    block = {m: [sc.features(i, m) for i in range(4)] for m in ("audio", "visual", "text")}
+    block["visual"][0] = np.zeros((2, 99), np.float32)
+    with pytest.raises(CacheError, match=r"clip clip0000: visual features of shape \(2, 99\)"):
+        w.write_block(0, block)
+
+
+def test_a_non_store_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CacheError, match="not a feature cache"):
+        Cache.open(tmp_path / "nothing-here")
+    (tmp_path / "file.txt").write_text("hello")
+    with pytest.raises(CacheError, match="file.txt"):
+        Cache.open(tmp_path / "file.txt")
+    r = runner.invoke(app, ["info", str(tmp_path / "nothing-here")])
+    assert r.exit_code == 2 and "not a feature cache" in r.output
+
+
+def _truncate_one_shard(store, modality="text", shard="1"):
+    path = store / modality / "features" / "c" / shard / "0" / "0"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_shard_fails_verify_then_repair_and_rewrite_heal_it(tmp_path):
+    store = tmp_path / "s"
+    sc.write(store, n=12)
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 0
+    _truncate_one_shard(store)
+    with pytest.raises(CacheError, match=r"text features of rows .* cannot be read.*verify --repair"):
+        Cache.open(store).features("text")
+    r = runner.invoke(app, ["verify", str(store)])
+    assert r.exit_code == 1 and "FAILED rows 4..7 text" in r.output
+    r = runner.invoke(app, ["verify", "--repair", str(store)])
+    assert r.exit_code == 1
+    assert CacheWriter.open(store).pending_blocks() == [(4, 8)]
+    sc.write(store, n=12)
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 0
+
+
+def test_verify_catches_values_written_behind_the_writers_back(tmp_path):
+    import zarr
+    store = tmp_path / "s"
+    sc.write(store, n=8)
+    arr = zarr.open_group(str(store), mode="r+")["visual/features"]
+    block = arr[0:4]
+    block[0, -1, 0] = 5.0  # beyond row 0's length
+    arr[0:4] = block
+    r = runner.invoke(app, ["verify", str(store)])
+    assert r.exit_code == 1 and "beyond a row's length" in r.output
+
+
+def test_info_reports_shapes_splits_encoders_and_pending(tmp_path):
+    sc.write(tmp_path / "s", n=10, blocks=[(0, 4), (4, 8)])
+    r = runner.invoke(app, ["info", "--json", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    import json
+    d = json.loads(r.output)
+    assert d["rows"] == 10 and d["rows_not_done"] == 2
+    assert d["rows_per_split"] == {"train": 3, "dev": 3, "test": 2}
+    assert d["modalities"]["audio"]["shape"] == [10, 6, 4]
+    assert d["modalities"]["audio"]["missing_rows"] == 1
+    assert d["size_bytes"] > 0 and len(d["fingerprint"]) == 64
+    r = runner.invoke(app, ["info", str(tmp_path / "s")])
+    assert "(2 not done)" in r.output and "synthetic" in r.output
+
+
+def _mmsa_pickle(path, n=(5, 2, 3), sims=True):
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, k in zip(("train", "valid", "test"), n):
+        audio = rng.standard_normal((k, 8, 5)).astype(np.float32)
+        audio[0, 1, 2] = -np.inf
+        vision = rng.standard_normal((k, 6, 4)).astype(np.float32)
+        text = rng.standard_normal((k, 7, 9)).astype(np.float32)
+        text[:, 5:] = 0  # padded tokens
+        part = {"id": [f"{split}v$_${i}" for i in range(k)], "raw_text": [f"{split} text {i}" for i in range(k)],
+                "audio": audio, "vision": vision, "text": text,
+                "audio_lengths": [8] * (k - 1) + [3], "vision_lengths": [6] * k,
+                "regression_labels": rng.uniform(-1, 1, k).astype(np.float32)}
+        if sims:
+            for m in "TAV":
+                part[f"regression_labels_{m}"] = rng.uniform(-1, 1, k).astype(np.float32)
+        data[split] = part
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return data
+
+
+def test_import_mmsa_pickle(tmp_path):
+    data = _mmsa_pickle(tmp_path / "unaligned_50.pkl")
+    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "audio 3" in r.output  # one -inf per split, counted
+    c = Cache.open(tmp_path / "s")
+    assert c.split_counts() == {"train": 5, "dev": 2, "test": 3}
+    assert c.dataset.name == "sims-v2-mmsa" and c.dataset.label("sentiment").high == 1.0
+    assert {"sentiment_T", "sentiment_A", "sentiment_V"} <= set(c.labels)
+    audio, alen = c.features("audio")
+    assert alen.tolist()[:5] == [8, 8, 8, 8, 3]
+    assert audio[0, 1, 2] == 0  # -inf became 0
+    np.testing.assert_allclose(audio[1], data["train"]["audio"][1].astype(np.float16))
+    assert not audio[4, 3:].any()
+    _, tlen = c.features("text")
+    assert (tlen == 5).all()  # aligned-style text: length = last non-zero step
+    np.testing.assert_allclose(c.labels["sentiment_A"][5:7], data["valid"]["regression_labels_A"], rtol=1e-6)
+    assert c.meta["split"][5] == "dev" and c.meta["text"][5] == "valid text 0"
+    assert runner.invoke(app, ["verify", str(tmp_path / "s")]).exit_code == 0
+
+
+def test_import_rejects_a_pickle_of_something_else(tmp_path):
+    with open(tmp_path / "x.pkl", "wb") as f:
+        pickle.dump({"train": {}}, f)
+    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "not an MMSA feature pickle" in r.output
