@@ -1,0 +1,136 @@
+"""Batches for stage two, read from one or more caches: features in RAM, padded per batch.
+
+A split of a cache is read once (one bulk read per shard); batches are then cut from memory, so a training
+step never waits on storage. For dialogue corpora each row also gets the mean-pooled features of the
+preceding turns of its dialogue (the global context expert's input).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from egmf.cache.reader import Cache
+from egmf.cache.schema import CacheError
+from egmf.pipeline.batch import Batch, TaskSpec
+
+
+def task_of(cache: Cache, label: str | None = None) -> TaskSpec:
+    spec = cache.dataset.label(label or cache.dataset.task)
+    return TaskSpec(f"{cache.dataset.name}/{spec.name}", spec)
+
+
+@dataclass
+class SplitData:
+    """The rows of one split of one cache, in memory."""
+
+    features: dict[str, np.ndarray]  # modality -> (n, T, D) float16
+    lengths: dict[str, np.ndarray]  # modality -> (n,) int32
+    context: np.ndarray  # (n, C) int: indices (into this split) of the preceding turns, -1 = none
+    texts: list[str]
+    languages: list[str]
+    targets: list  # class index or score; rows without a label are dropped at load
+    rows: np.ndarray  # (n,) rows in the cache
+    task: int  # index of the cache's task in the model's task list
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def pooled(self) -> dict[str, np.ndarray]:
+        """modality -> (n, D) float32 mean over each row's valid steps (zeros where missing)."""
+        out = {}
+        for m, x in self.features.items():
+            steps = np.arange(x.shape[1])[None, :] < self.lengths[m][:, None]  # (n, T)
+            total = (x.astype(np.float32) * steps[..., None]).sum(1)
+            out[m] = total / np.maximum(self.lengths[m], 1)[:, None]
+        return out
+
+
+def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
+               context_turns: int = 0) -> SplitData:
+    rows = cache.rows(split)
+    label = cache.labels[task.label.name][rows]
+    keep = label >= 0 if task.is_classification else ~np.isnan(label)
+    rows, label = rows[keep], label[keep]
+    if len(rows) == 0:
+        raise CacheError(f"{cache.url}: no labelled rows in split '{split}' for {task.name}. Fix: check the split "
+                         f"names with `egmf-cache info {cache.url}` (it has {cache.split_counts()})")
+    feats, lengths = {}, {}
+    for m in modalities:
+        feats[m], lengths[m] = cache.features(m, rows, lazy=False)
+    targets = [int(v) for v in label] if task.is_classification else [float(v) for v in label]
+    return SplitData(feats, lengths, _preceding_turns(cache, rows, context_turns),
+                     cache.meta["text"][rows].tolist(), cache.meta["language"][rows].tolist(), targets, rows,
+                     task_index)
+
+
+def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:
+    """(n, c) positions in `rows` of the c turns before each row in its dialogue, most recent last; -1 = none."""
+    out = np.full((len(rows), c), -1, np.int64)
+    if c == 0:
+        return out
+    dialogue, turn = cache.meta["dialogue"][rows], cache.meta["turn"][rows]
+    by_dialogue: dict[str, list[int]] = {}
+    for pos in np.argsort(turn, kind="stable"):
+        if dialogue[pos]:
+            by_dialogue.setdefault(dialogue[pos], []).append(int(pos))
+    for members in by_dialogue.values():
+        for k, pos in enumerate(members):
+            before = members[max(0, k - c): k]
+            if before:
+                out[pos, c - len(before):] = before
+    return out
+
+
+def collate(data: SplitData, index: np.ndarray, pooled: dict[str, np.ndarray]) -> Batch:
+    """Cut rows `index` of a split into a Batch, padded to the longest row of the batch per modality."""
+    features, masks, context = {}, {}, {}
+    ctx = data.context[index]  # (B, C)
+    for m, x in data.features.items():
+        lengths = data.lengths[m][index]
+        t = max(1, int(lengths.max()))
+        features[m] = torch.from_numpy(x[index, :t].astype(np.float32))  # (B, t, D)
+        masks[m] = torch.arange(t)[None, :] < torch.from_numpy(lengths)[:, None]  # (B, t)
+        # Context: the pooled features of the preceding turns; absent turns are zeros behind a False mask.
+        context[m] = torch.from_numpy(np.where(ctx[..., None] >= 0, pooled[m][np.maximum(ctx, 0)], 0.0)
+                                      .astype(np.float32))  # (B, C, D)
+    return Batch(features, masks, context, torch.from_numpy(ctx >= 0),
+                 [data.texts[i] for i in index], [data.languages[i] for i in index],
+                 torch.full((len(index),), data.task, dtype=torch.long), [data.targets[i] for i in index],
+                 torch.from_numpy(data.rows[index]))
+
+
+class BatchStream:
+    """Batches over one or more splits (several caches = several tasks), shuffled per epoch when asked.
+
+    With rank/world (DDP), each process takes every world-th batch of the same global order.
+    """
+
+    def __init__(self, splits: list[SplitData], batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.splits, self.batch_size, self.shuffle, self.seed = splits, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.pooled = [s.pooled() for s in splits]
+        self.epoch = 0
+
+    def _plan(self) -> list[tuple[int, np.ndarray]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        plan = []
+        for k, s in enumerate(self.splits):
+            order = rng.permutation(len(s)) if self.shuffle else np.arange(len(s))
+            plan += [(k, order[i: i + self.batch_size]) for i in range(0, len(s), self.batch_size)]
+        if self.shuffle:
+            plan = [plan[i] for i in rng.permutation(len(plan))]
+        if self.world > 1:
+            plan = plan[: len(plan) - len(plan) % self.world] or plan[: self.world]
+            plan = plan[self.rank:: self.world]
+        return plan
+
+    def __len__(self) -> int:
+        return len(self._plan())
+
+    def __iter__(self):
+        for k, index in self._plan():
+            yield collate(self.splits[k], index, self.pooled[k])
+        self.epoch += 1
