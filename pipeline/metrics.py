@@ -30,7 +30,7 @@ from egmf.cache.schema import LabelSpec
 
 CONVENTIONS = ("classification", "mosei", "sims")
 SCORE_CONVENTIONS = {(-3.0, 3.0): "mosei", (-1.0, 1.0): "sims"}  # label range -> convention
-EXPERTS = ("local", "semantic", "global")  # the order of the expert gate's columns
+from egmf.fuse.network import EXPERTS  # the order of the expert gate's columns
 
 SIMS_ACC2_EDGES = (0.0,)
 SIMS_ACC3_EDGES = (-0.1, 0.1)

@@ -139,9 +139,9 @@ def test_bad_inputs_are_refused_with_the_fix(kind, y_true, y_pred, message):
 def test_expert_gates_are_averaged_per_true_class():
     gates = [[0.2, 0.3, 0.5], [0.4, 0.3, 0.3], [0.1, 0.1, 0.8]]
     by_class = expert_gates_by_class(gates, [0, 0, 1], ["a", "b", "c"])
-    assert by_class["a"] == pytest.approx({"n": 2, "local": 0.3, "semantic": 0.3, "global": 0.4})
-    assert by_class["b"] == pytest.approx({"n": 1, "local": 0.1, "semantic": 0.1, "global": 0.8})
-    assert by_class["c"] == {"n": 0, "local": None, "semantic": None, "global": None}
+    assert by_class["a"] == pytest.approx({"n": 2, "local": 0.3, "correlation": 0.3, "context": 0.4})
+    assert by_class["b"] == pytest.approx({"n": 1, "local": 0.1, "correlation": 0.1, "context": 0.8})
+    assert by_class["c"] == {"n": 0, "local": None, "correlation": None, "context": None}
     with pytest.raises(ValueError, match="one column per expert"):
         expert_gates_by_class([[0.5, 0.5]], [0], ["a"])
 
