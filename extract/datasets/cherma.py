@@ -1,0 +1,82 @@
+"""CHERMA: a Chinese multimodal emotion corpus (clips from films, TV series and variety shows) with 7 emotions,
+labelled once per modality (text, audio, visual) and once for the whole clip.
+
+On disk (as released): {train,dev,test}.json, each a list of entries
+{"audio_file", "video_file", "txt_label", "audio_label", "visual_label", "video_label"} with Chinese label words,
+and per-sample features text/<split>/<id>.npy (1024-d), audio/<split>/<id>.npy (1024-d) and
+visual/<split>/<id>.mp4.npy (2048-d). The raw media is not released, so the extraction imports these arrays as
+they are (Utterance.features) and runs no encoder.
+
+- <id> is audio_file without its ".wav" (e.g. "xxx_0001.wav" -> "xxx_0001"): the released loaders name all three
+  feature files after the audio file, the visual one too (with ".mp4.npy"), not after video_file. Utterance ids
+  are "<split>/<id>" so that a name repeated across splits stays unique.
+- The label "emotion" is video_label (the multimodal one); emotion_T / _A / _V are txt_label / audio_label /
+  visual_label.
+- The release has no transcripts (only text features), so text is "", and the feature paths are set whether or
+  not the files exist: a missing one is reported by the import, like a missing clip.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from egmf.cache.schema import DatasetSpec, LabelSpec
+from egmf.extract.records import Corpus, DatasetError, Utterance, parse_class, validate
+
+ADAPTER_VERSION = "1"
+# anger, disgust, fear, happiness, calm (neutral), sadness, surprise: the class order of the released code
+EMOTIONS = ("愤怒", "厌恶", "恐惧", "高兴", "平静", "悲伤", "惊奇")
+LABELS = {"emotion": "video_label", "emotion_T": "txt_label", "emotion_A": "audio_label",
+          "emotion_V": "visual_label"}
+SPEC = DatasetSpec("cherma", ADAPTER_VERSION, "emotion",
+                   tuple(LabelSpec(name, "class", EMOTIONS) for name in LABELS))
+SPLITS = ("train", "dev", "test")
+FIELDS = ("audio_file", *LABELS.values())
+
+
+def load(root) -> Corpus:
+    """Every CHERMA split whose JSON is in root."""
+    root = Path(root)
+    present = [split for split in SPLITS if (root / f"{split}.json").is_file()]
+    if not present:
+        raise DatasetError(root, "no CHERMA label file (train.json, dev.json or test.json)",
+                           "point --root at the CHERMA folder that holds the JSON files and text/ audio/ visual/")
+    utterances, origins = [], []
+    for split in present:
+        path = root / f"{split}.json"
+        for line, entry in _entries(path):
+            missing = [f for f in FIELDS if not isinstance(entry.get(f), str) or not entry[f].strip()]
+            if missing:
+                raise DatasetError(path, f"entry without {', '.join(missing)}", "fill in the fields", line=line)
+            name = entry["audio_file"].strip().removesuffix(".wav")
+            utterances.append(Utterance(
+                id=f"{split}/{name}", split=split, text="", language="zh",
+                labels={label: parse_class(path, line, field, entry[field], EMOTIONS)
+                        for label, field in LABELS.items()},
+                features={"text": root / "text" / split / f"{name}.npy",
+                          "audio": root / "audio" / split / f"{name}.npy",
+                          "visual": root / "visual" / split / f"{name}.mp4.npy"}))
+            origins.append((path, line))
+    return validate(Corpus(SPEC, utterances), origins)
+
+
+def _entries(path: Path) -> list[tuple[int, dict]]:
+    """The JSON list's entries with the line each starts on (the line an editor shows for the entry)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        entries = json.loads(text)
+    except UnicodeDecodeError:
+        raise DatasetError(path, "not UTF-8", "save the file as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(path, f"not valid JSON ({e.msg})", "repair the file", line=e.lineno) from None
+    if not isinstance(entries, list) or not all(isinstance(x, dict) for x in entries):
+        raise DatasetError(path, "not a list of objects", "the file must hold [{...}, {...}, ...]")
+    # json.loads keeps no positions: step over the entries again with raw_decode to learn where each starts.
+    decoder, located = json.JSONDecoder(), []
+    at, line, counted = text.index("[") + 1, 1, 0
+    for entry in entries:
+        at = text.index("{", at)
+        line, counted = line + text.count("\n", counted, at), at
+        located.append((line, entry))
+        at = decoder.raw_decode(text, at)[1]
+    return located
