@@ -1,0 +1,74 @@
+"""Predicting a split with a trained model and scoring it the way the field does."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from egmf.pipeline import plots
+from egmf.pipeline.batch import TaskSpec
+from egmf.pipeline.data import BatchStream, SplitData
+from egmf.pipeline.metrics import compute_metrics, expert_gates_by_class, metric_kind
+
+
+@dataclass
+class SplitPredictions:
+    task: TaskSpec
+    y_true: list
+    y_pred: list
+    answers: list[str]  # the generated text of each answer
+    gates: np.ndarray  # (N, 3) expert-gate weights
+    parse_failures: int
+    rows: np.ndarray  # (N,) cache rows
+
+
+@torch.no_grad()
+def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, device="cpu") -> SplitPredictions:
+    model.eval()
+    y_pred, answers, gates, failures = [], [], [], 0
+    for batch in BatchStream([data], batch_size, shuffle=False):
+        p = model.predict(batch.to(device))
+        y_pred += list(p.values)
+        answers += list(p.answers)
+        gates.append(p.expert_weights.float().cpu().numpy())
+        failures += p.parse_failures
+    return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), failures, data.rows)
+
+
+def split_metrics(pred: SplitPredictions) -> dict:
+    label = pred.task.label
+    kind = metric_kind(label)
+    m = compute_metrics(kind, pred.y_true, pred.y_pred, class_names=label.classes or None)
+    m["parse_failure_rate"] = pred.parse_failures / max(1, len(pred.y_true))
+    if label.kind == "class":
+        m["expert_gates_by_class"] = expert_gates_by_class(pred.gates, np.asarray(pred.y_true), label.classes)
+    return m
+
+
+def primary_score(task: TaskSpec, metrics: dict) -> float:
+    """One number per task where higher is better: weighted F1 for classes, -MAE/range for scores."""
+    if task.is_classification:
+        return metrics["Weighted_F1"]
+    return -metrics["MAE"] / (task.label.high - task.label.low)
+
+
+def headline(task: TaskSpec, metrics: dict) -> str:
+    if task.is_classification:
+        return f"acc {100 * metrics['Accuracy']:.2f}  wF1 {100 * metrics['Weighted_F1']:.2f}"
+    acc2 = metrics.get("Has0_acc_2", metrics.get("Mult_acc_2"))
+    return f"MAE {metrics['MAE']:.3f}  Acc2 {100 * acc2:.2f}  Corr {metrics['Corr'] or 0:.3f}"
+
+
+def plot_predictions(pred: SplitPredictions, metrics: dict, folder: Path, split: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{pred.task.name.replace('/', '-')}-{split}"
+    label = pred.task.label
+    if label.kind == "class":
+        return [plots.plot_confusion_matrix(metrics["Confusion_matrix"], label.classes,
+                                            folder / f"confusion-{stem}.png", title=f"{pred.task.name} {split}"),
+                plots.plot_expert_gates(pred.gates, np.asarray(pred.y_true), label.classes,
+                                        folder / f"expert-gates-{stem}.png")]
+    return [plots.plot_regression(pred.y_true, pred.y_pred, folder / f"scatter-{stem}.png",
+                                  (label.low, label.high))]
