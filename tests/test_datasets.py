@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -205,6 +206,57 @@ def test_mosei_bad_scores(tmp_path, label, match):
 
 def test_mosei_without_label_file(tmp_path):
     refuses(mosei.load, tmp_path, match="label file not found")
+
+
+def write_csd(path: Path, name: str, data: dict) -> None:
+    """A computational sequence as the CMU-MultimodalSDK writes it."""
+    with h5py.File(path, "w") as f:
+        group = f.create_group(name)
+        for video, (features, intervals) in data.items():
+            group.create_dataset(f"data/{video}/features", data=features)
+            group.create_dataset(f"data/{video}/intervals", data=intervals)
+        group.create_dataset("metadata/dataset name", data=[json.dumps("CMU-MOSEI")])
+
+
+@pytest.fixture
+def mosei_csd(tmp_path):
+    write_csd(tmp_path / mosei.LABELS_CSD, "All Labels", {
+        "vidA": (np.array([[2.0, 1, 0, 0, 0, 0, 0], [-1.5, 0, 2, 1, 0, 0, 0]]), np.array([[0.5, 1.5], [1.5, 2.5]])),
+        "vidB": (np.array([[0.0, 0, 0, 0, 3, 0, 0]]), np.array([[0.0, 1.0]])),
+        "vidC": (np.array([[1.0, 0, 0, 0, 0, 0, 0]]), np.array([[0.0, 1.0]])),
+    })
+    words = np.array([[b"sp"], [b"i"], [b"loved"], [b"it"], [b"but"], [b"no"]])
+    write_csd(tmp_path / mosei.WORDS_CSD, "words", {
+        "vidA": (words, np.array([[0.0, 0.5], [0.5, 0.7], [0.7, 1.1], [1.1, 1.4], [1.6, 1.9], [1.9, 2.3]]))})
+    (tmp_path / "cmu_mosei_std_folds.py").write_text(
+        "standard_train_fold=['vidA']\nstandard_valid_fold=['vidB']\nstandard_test_fold=['other']\n")
+    make_clip(tmp_path / "Videos" / "Full" / "Combined" / "vidA.mp4", seconds=3.0, seed=4)
+    return tmp_path
+
+
+def test_mosei_csd_segments_are_spans_of_full_videos(mosei_csd):
+    with pytest.warns(UserWarning, match="1 videos are in no fold and left out: vidC"):
+        corpus = mosei.load(mosei_csd, source="csd", folds="cmu_mosei_std_folds.py")
+    assert [(u.id, u.split, u.start, u.end) for u in corpus.utterances] == [
+        ("vidA/0", "train", 0.5, 1.5), ("vidA/1", "train", 1.5, 2.5), ("vidB/0", "dev", 0.0, 1.0)]
+    first, second = corpus.utterances[:2]
+    assert first.text == "i loved it" and second.text == "but no" and corpus.utterances[2].text == ""
+    assert second.labels == {"sentiment": -1.5, "happy": 0.0, "sad": 2.0, "anger": 1.0, "surprise": 0.0,
+                             "disgust": 0.0, "fear": 0.0}
+    clip = decode_clip(first.media, fps=2, max_frames=4, start=first.start, end=first.end)
+    assert clip.problems == {} and clip.audio.shape == (16000,) and clip.frames.shape[0] == 2
+
+
+def test_mosei_csd_bad_inputs(mosei_csd):
+    refuses(mosei.load, mosei_csd, source="csd", match="no train/dev/test splits")
+    refuses(mosei.load, mosei_csd, source="csv", match="unknown source 'csv'")
+    (mosei_csd / "folds.py").write_text("standard_train_fold=['vidA']\n")
+    refuses(mosei.load, mosei_csd, source="csd", folds="folds.py", match="expected the lists")
+    write_csd(mosei_csd / mosei.LABELS_CSD, "All Labels", {"vidA": (np.array([[3.5, 0, 0, 0, 0, 0, 0]]),
+                                                                     np.array([[0.0, 1.0]]))})
+    refuses(mosei.load, mosei_csd, source="csd", folds="cmu_mosei_std_folds.py", match=r"vidA/0: sentiment 3.5")
+    (mosei_csd / mosei.LABELS_CSD).write_text("not hdf5")
+    refuses(mosei.load, mosei_csd, source="csd", folds="cmu_mosei_std_folds.py", match="not a computational")
 
 
 # ---------------------------------------------------------------- CHERMA

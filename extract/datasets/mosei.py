@@ -1,25 +1,116 @@
 """CMU-MOSEI: 23,453 English opinion segments from 1,000 YouTube speakers, each with a sentiment score in
 [-3, 3] (the mean of three annotators' -3..3 ratings); splits 16,326 / 1,871 / 4,659.
 
-On disk, the MMSA layout (the one most fusion work uses): label.csv with the columns video_id, clip_id, text,
-label, mode (label_T/_A/_V exist but are empty: MOSEI has no per-modality labels) and the clips
-Raw/<video_id>/<clip_id>.mp4. It is read by the same code as CH-SIMS v2 (sims_v2.load_mmsa); every row must be
-labelled, mode train / valid / test becomes the split train / dev / test, and ids are "<video_id>/<clip_id>".
-An empty transcript is kept as "". MMSA's pre-extracted Processed/*.pkl features are imported into a cache by
-`egmf-cache import-mmsa`, not by this adapter.
+Two label sources (option source):
+
+- "mmsa" (default; the layout most fusion work uses): label.csv with the columns video_id, clip_id, text, label,
+  mode (label_T/_A/_V exist but are empty: MOSEI has no per-modality labels) and the clips
+  Raw/<video_id>/<clip_id>.mp4. Read by the same code as CH-SIMS v2 (sims_v2.load_mmsa): every row must be
+  labelled, mode train / valid / test becomes the split train / dev / test, ids are "<video_id>/<clip_id>".
+  MMSA's pre-extracted Processed/*.pkl features are imported by `egmf-cache import-mmsa`, not here.
+- "csd" (the official CMU-MultimodalSDK release): CMU_MOSEI_Labels.csd, HDF5 with
+  <root name>/data/<video_id>/{features (n, 7), intervals (n, 2) seconds}; the 7 values are sentiment in [-3, 3]
+  then happy, sad, anger, surprise, disgust, fear in [0, 3], all kept as score labels. Segment k of a video
+  (in file order) is "<video_id>/<k>", the same id as in MMSA's label.csv. The segment is a time span of the
+  full video <videos>/<video_id>.mp4 (option videos, by default the raw release's Videos/Full/Combined).
+  Transcripts come from CMU_MOSEI_TimestampedWords.csd beside it when present (the words whose middle falls
+  inside the segment, without the "sp" pause markers), else "". A .csd has no splits: option folds names the
+  SDK's cmu_mosei_std_folds.py (standard_train_fold / standard_valid_fold / standard_test_fold), and videos in
+  no fold are left out with a warning that names them.
+
+An empty transcript is kept as "" (the clip still has sound and pictures).
 """
 from __future__ import annotations
 
+import ast
+import warnings
 from pathlib import Path
+
+import h5py
+import numpy as np
 
 from egmf.cache.schema import DatasetSpec, LabelSpec
 from egmf.extract.datasets.sims_v2 import load_mmsa
-from egmf.extract.records import Corpus
+from egmf.extract.records import Corpus, DatasetError, Utterance, validate
 
 ADAPTER_VERSION = "1"
-SPEC = DatasetSpec("mosei", ADAPTER_VERSION, "sentiment", (LabelSpec("sentiment", "score", low=-3.0, high=3.0),))
+SENTIMENT = LabelSpec("sentiment", "score", low=-3.0, high=3.0)
+SPEC = DatasetSpec("mosei", ADAPTER_VERSION, "sentiment", (SENTIMENT,))
+EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")  # after sentiment in every .csd label row
+CSD_SPEC = DatasetSpec("mosei", ADAPTER_VERSION, "sentiment",
+                       (SENTIMENT, *(LabelSpec(name, "score", low=0.0, high=3.0) for name in EMOTIONS)))
+LABELS_CSD, WORDS_CSD = "CMU_MOSEI_Labels.csd", "CMU_MOSEI_TimestampedWords.csd"
+FOLDS = {"standard_train_fold": "train", "standard_valid_fold": "dev", "standard_test_fold": "test"}
+SOURCES = ("mmsa", "csd")
 
 
-def load(root) -> Corpus:
-    """CMU-MOSEI from root/label.csv and root/Raw/."""
-    return load_mmsa(Path(root) / "label.csv", SPEC, {"sentiment": "label"}, "en", part=None)
+def load(root, source: str = "mmsa", folds: str | None = None, videos: str = "Videos/Full/Combined") -> Corpus:
+    """CMU-MOSEI from root/label.csv and root/Raw/ (source mmsa) or from the SDK's .csd files (source csd)."""
+    root = Path(root)
+    if source == "mmsa":
+        return load_mmsa(root / "label.csv", SPEC, {"sentiment": "label"}, "en", part=None)
+    if source == "csd":
+        if folds is None:
+            raise DatasetError(root / LABELS_CSD, "a .csd file has no train/dev/test splits",
+                               "pass folds=<path to the SDK's cmu_mosei_std_folds.py>")
+        return _load_csd(root, _read_folds(root / folds), root / videos)
+    raise DatasetError(root, f"unknown source {source!r}", f"use source = {' | '.join(SOURCES)}")
+
+
+def _load_csd(root: Path, split_of: dict[str, str], videos: Path) -> Corpus:
+    labels_path = root / LABELS_CSD
+    labels = _read_csd(labels_path)
+    words = _read_csd(root / WORDS_CSD) if (root / WORDS_CSD).is_file() else {}
+    outside = sorted(v for v in labels if v not in split_of)
+    if outside:
+        warnings.warn(f"{labels_path}: {len(outside)} videos are in no fold and left out: "
+                      f"{', '.join(outside[:10])}{' ...' if len(outside) > 10 else ''}", stacklevel=2)
+    utterances = []
+    for video in sorted(v for v in labels if v in split_of):
+        values, intervals = labels[video]  # (n, 7), (n, 2)
+        if values.ndim != 2 or values.shape[1] != 1 + len(EMOTIONS) or intervals.shape != (len(values), 2):
+            raise DatasetError(labels_path, f"video {video}: features {values.shape} and intervals "
+                               f"{intervals.shape}, expected (n, 7) and (n, 2)", f"use the SDK's {LABELS_CSD}")
+        for k, (row, (start, end)) in enumerate(zip(values, intervals)):
+            utterances.append(Utterance(
+                id=f"{video}/{k}", split=split_of[video], text=_transcript(words.get(video), start, end),
+                language="en", labels={spec.name: float(v) for spec, v in zip(CSD_SPEC.labels, row)},
+                media=videos / f"{video}.mp4", start=float(start), end=float(end)))
+    return validate(Corpus(CSD_SPEC, utterances), [(labels_path, None)] * len(utterances))
+
+
+def _read_csd(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """video id -> (features, intervals) of a computational sequence."""
+    try:
+        with h5py.File(path, "r") as f:
+            data = f[next(iter(f))]["data"]  # under the one root group, named after the sequence
+            return {video: (group["features"][()], group["intervals"][()]) for video, group in data.items()}
+    except (OSError, KeyError, StopIteration) as e:
+        raise DatasetError(path, f"not a computational sequence (.csd) file: {e}",
+                           "use the file as downloaded by the CMU-MultimodalSDK") from None
+
+
+def _transcript(words: tuple[np.ndarray, np.ndarray] | None, start: float, end: float) -> str:
+    if words is None:
+        return ""
+    tokens, intervals = words  # (m, 1) bytes, (m, 2) seconds
+    middle = intervals.mean(axis=1)  # (m,)
+    inside = (middle >= start) & (middle < end)
+    spoken = (t.decode("utf-8", "replace") for t in tokens[inside, 0])
+    return " ".join(w for w in spoken if w != "sp")
+
+
+def _read_folds(path: Path) -> dict[str, str]:
+    """video id -> split, from the assignments of list literals in the SDK's cmu_mosei_std_folds.py."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError) as e:
+        raise DatasetError(path, f"cannot read the folds: {e}", "pass folds=<path to cmu_mosei_std_folds.py>") from None
+    split_of = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", "") in FOLDS:
+            for video in ast.literal_eval(node.value):
+                split_of[str(video)] = FOLDS[node.targets[0].id]
+    if set(split_of.values()) != set(FOLDS.values()):
+        raise DatasetError(path, f"expected the lists {', '.join(FOLDS)}", "pass the SDK's cmu_mosei_std_folds.py")
+    return split_of

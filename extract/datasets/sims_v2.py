@@ -41,8 +41,9 @@ def load(root, part: str = "supervised") -> Corpus:
 
 def load_mmsa(path: Path, spec: DatasetSpec, scores: dict[str, str], language: str, part: str | None) -> Corpus:
     """Read an MMSA label file: `scores` maps each of spec's labels to its column, the whole-clip label first
-    (an empty one marks an unlabelled row); clips in Raw/ beside it. part None: the corpus has no unlabelled part, so an empty label is an error. Scores outside the spec's
-    range are refused by validate(), with their line."""
+    (an empty one marks an unlabelled row); clips in Raw/ beside it. part None: the corpus has no unlabelled
+    part, so an empty label is an error. Scores outside the spec's range are refused by validate(), with their
+    line."""
     if part is not None and part not in PARTS:
         raise DatasetError(path, f"unknown part {part!r}", f"use part = {' | '.join(PARTS)}")
     header, rows = read_csv(path)
@@ -64,7 +65,8 @@ def load_mmsa(path: Path, spec: DatasetSpec, scores: dict[str, str], language: s
                                line=line)
         if not labelled and filled:
             raise DatasetError(path, f"{', '.join(scores[n] for n in filled)} set but {scores[whole_clip]} empty",
-                               f"fill in {scores[whole_clip]}, or empty the row's scores to mark it unlabelled", line=line)
+                               f"fill in {scores[whole_clip]}, or empty the row's scores to mark it unlabelled",
+                               line=line)
         labels = {name: parse_score(path, line, scores[name], row[scores[name]]) if labelled else None
                   for name in scores}
         video, clip = row["video_id"].strip(), row["clip_id"].strip()
