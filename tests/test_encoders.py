@@ -170,16 +170,26 @@ def test_references_resolve(tmp_path):
         models.resolve("random:no-such-model")
 
 
-def test_hub_revision_reads_the_snapshot_commit(tmp_path):
+def test_hub_ids_load_from_the_hub_cache_with_their_revision(tmp_path, monkeypatch, tiny, encoders):
+    """The hub code path, offline: a hub cache holding the tiny models under hub ids."""
+    from huggingface_hub import constants
+
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "models--org--model"
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "config.json").write_text("{}")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    assert models.hub_revision("org/model", cache_dir=str(tmp_path)) == f"org/model@{commit}"
+    for repo, modality in (("org/tiny-w2v", "audio"), ("org/tiny-clip", "visual")):
+        repo_dir = tmp_path / f"models--{repo.replace('/', '--')}"
+        shutil.copytree(models.resolve(tiny[modality].model).path, repo_dir / "snapshots" / commit)
+        (repo_dir / "refs").mkdir()
+        (repo_dir / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    for repo, modality in (("org/tiny-w2v", "audio"), ("org/tiny-clip", "visual")):
+        encoder = build_encoder(dataclasses.replace(tiny[modality], model=repo), "cpu")
+        assert encoder.spec.weights == f"{repo}@{commit}"
+        clip = _inputs()[modality][:2]
+        for a, b in zip(encoder.encode(clip), encoders[modality].encode(clip)):
+            np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="hub cache"):
-        models.hub_revision("org/other", cache_dir=str(tmp_path))
+        models.hub_revision("org/other")
 
 
 def test_offline_text_encoder_has_real_sentence_similarity():

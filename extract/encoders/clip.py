@@ -5,7 +5,7 @@ The model is one of
     (model "ViT-B-32", pretrained "laion2b_s34b_b79k"); weights = sha256 of the downloaded checkpoint;
   - a directory with open_clip_config.json + a checkpoint (local, "package:" and "random:" models);
   - a hub repo in that same layout ("laion/CLIP-ViT-B-32-laion2B-s34B-b79K"); weights = its revision.
-Params recorded with the features: fps and max_frames (used by the media decoder), pretrained.
+Params recorded with the features: fps and max_frames (read by the media decoder), pretrained.
 
 Frames are preprocessed on the device with the model's own preprocessing config (resize mode, size, mean, std)
 and the frames of all clips in a batch go through the tower in chunks of FRAME_CHUNK.
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
 from egmf.extract.models import file_sha256, hub_revision, resolve, weights_sha256
 
+DEFAULT_FPS = 2  # frames per second the media decoder samples, when a preset does not say
+DEFAULT_MAX_FRAMES = 32  # cap per clip: longer clips are sampled more sparsely
 FRAME_CHUNK = 256  # frames per forward pass: large enough to keep a GPU busy, small enough for its memory
 
 
@@ -36,7 +38,9 @@ class CLIPImageEncoder:
         self.mean = torch.tensor(self.preprocess["mean"], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.preprocess["std"], device=device).view(1, 3, 1, 1)
         self.spec = make_spec(config, weights, dim, image_size=list(self.size),
-                              resize_mode=self.preprocess.get("resize_mode", "shortest"))
+                              resize_mode=self.preprocess.get("resize_mode", "shortest"),
+                              fps=config.params.get("fps", DEFAULT_FPS),
+                              max_frames=config.params.get("max_frames", DEFAULT_MAX_FRAMES))
 
     @staticmethod
     def _locate(config: EncoderConfig) -> tuple[str, str | None, str]:
