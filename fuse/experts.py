@@ -1,0 +1,108 @@
+"""The three experts. Each maps the projected modality sequences to new sequences of the same shapes,
+weighed by its own modality gate, so the expert gate can mix the experts token by token.
+
+- LocalExpert: short-range cues inside each modality (dilated depthwise temporal convolutions).
+- CorrelationExpert: cross-modal attention from every modality to every other one.
+- ContextExpert: attention over the whole utterance (all modalities) and the preceding turns of its dialogue.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .gating import ModalityGate
+from .layers import FeedForward, MaskedAttention, masked_mean
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+class _GatedExpert(nn.Module):
+    """Applies the expert's modality gate to what transform() returns."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.gate = ModalityGate(d_model)
+
+    def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], **context
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """tokens: M x (B, T_m, d), masks: M x (B, T_m) -> (M x (B, T_m, d), modality weights (B, M))."""
+        outputs = [_masked(out, mask) for out, mask in zip(self.transform(tokens, masks, **context), masks)]
+        pooled = torch.stack([masked_mean(o, m) for o, m in zip(outputs, masks)], 1)  # (B, M, d)
+        present = torch.stack([m.any(-1) for m in masks], 1)  # (B, M)
+        weights = self.gate(pooled, present)
+        return ModalityGate.apply(outputs, weights, present), weights
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, d_model: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.depthwise = nn.Conv1d(d_model, d_model, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+                                   groups=d_model)
+        self.pointwise = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d); masked steps enter the convolution as zeros, so they add nothing."""
+        h = _masked(self.norm(x), mask).transpose(1, 2)  # (B, d, T)
+        return _masked(x + self.pointwise(self.depthwise(h).transpose(1, 2)), mask)
+
+
+class LocalExpert(_GatedExpert):
+    def __init__(self, modalities: list[str], d_model: int, kernel: int, layers: int, dropout: float):
+        super().__init__(d_model)
+        self.blocks = nn.ModuleDict({m: nn.ModuleList([_ConvBlock(d_model, kernel, 2 ** i, dropout)
+                                                       for i in range(layers)]) for m in modalities})
+
+    def transform(self, tokens, masks, **_):
+        outputs = []
+        for blocks, x, mask in zip(self.blocks.values(), tokens, masks):
+            for block in blocks:
+                x = block(x, mask)
+            outputs.append(x)
+        return outputs
+
+
+class CorrelationExpert(_GatedExpert):
+    """Modality a attends to each other modality b with its own attention a<-b; the messages add up."""
+
+    def __init__(self, modalities: list[str], d_model: int, n_heads: int, dropout: float):
+        super().__init__(d_model)
+        self.modalities = modalities
+        self.norm = nn.LayerNorm(d_model)
+        self.cross = nn.ModuleDict({f"{a}<-{b}": MaskedAttention(d_model, n_heads, dropout)
+                                    for a in modalities for b in modalities if a != b})
+        self.dropout = nn.Dropout(dropout)
+        self.feed_forward = FeedForward(d_model, dropout)
+
+    def transform(self, tokens, masks, **_):
+        normed = [self.norm(x) for x in tokens]
+        outputs = []
+        for i, (a, x) in enumerate(zip(self.modalities, tokens)):
+            for j, b in enumerate(self.modalities):
+                if b != a:
+                    x = x + self.dropout(self.cross[f"{a}<-{b}"](normed[i], normed[j], masks[j]))
+            outputs.append(self.feed_forward(x))
+        return outputs
+
+
+class ContextExpert(_GatedExpert):
+    """Self-attention over every token of the utterance, with the preceding turns' tokens as extra keys."""
+
+    def __init__(self, d_model: int, n_heads: int, layers: int, dropout: float):
+        super().__init__(d_model)
+        self.norms = nn.ModuleList([nn.LayerNorm(d_model) for _ in range(layers)])
+        self.attention = nn.ModuleList([MaskedAttention(d_model, n_heads, dropout) for _ in range(layers)])
+        self.feed_forward = nn.ModuleList([FeedForward(d_model, dropout) for _ in range(layers)])
+        self.dropout = nn.Dropout(dropout)
+
+    def transform(self, tokens, masks, *, turns: torch.Tensor, turn_mask: torch.Tensor):
+        """turns (B, C', d) with turn_mask (B, C'): the preceding utterances, C' = 0 without dialogues."""
+        lengths = [t.shape[1] for t in tokens]
+        x, mask = torch.cat(tokens, 1), torch.cat(masks, 1)  # (B, N, d), (B, N)
+        for norm, attention, feed_forward in zip(self.norms, self.attention, self.feed_forward):
+            keys = norm(torch.cat([x, turns], 1))  # (B, N + C', d)
+            x = x + self.dropout(attention(keys[:, :x.shape[1]], keys, torch.cat([mask, turn_mask], 1)))
+            x = _masked(feed_forward(x), mask)
+        return list(x.split(lengths, 1))

@@ -1,0 +1,61 @@
+"""Hierarchical dynamic gating: modality gates inside each expert, and the gate over the experts.
+
+A modality gate weighs the modalities a row actually has (a missing one gets weight 0); the expert gate
+weighs the three experts per row from the pooled utterance, its dialogue context and the task. Both
+return their weights so runs can log and plot them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis restricted to mask; rows with nothing allowed come out all zero."""
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, -1) * mask
+
+
+class ModalityGate(nn.Module):
+    """Scores each modality's expert output and rescales its tokens by its share."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, 1))
+
+    def forward(self, pooled: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """pooled (B, M, d), present (B, M) bool -> weights (B, M) summing to 1 over present modalities."""
+        return masked_softmax(self.score(pooled).squeeze(-1), present)
+
+    @staticmethod
+    def apply(tokens: list[torch.Tensor], weights: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+        """Scale modality m's (B, T_m, d) tokens by weights[:, m] * (number present): uniform weights = identity."""
+        scale = weights * present.sum(-1, keepdim=True).to(weights.dtype)  # (B, M)
+        return [t * scale[:, i, None, None] for i, t in enumerate(tokens)]
+
+
+class ExpertGate(nn.Module):
+    """Weights over the experts from the pooled utterance, the pooled preceding turns and the task."""
+
+    def __init__(self, d_model: int, n_experts: int, n_tasks: int, dropout: float):
+        super().__init__()
+        self.task_embedding = nn.Embedding(n_tasks, d_model)
+        self.mlp = nn.Sequential(nn.LayerNorm(3 * d_model), nn.Linear(3 * d_model, d_model), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(d_model, n_experts))
+
+    def forward(self, utterance: torch.Tensor, context: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+        """utterance (B, d), context (B, d), task (B,) -> weights (B, E)."""
+        features = torch.cat([utterance, context, self.task_embedding(task)], -1)  # (B, 3d)
+        return torch.softmax(self.mlp(features), -1)
+
+
+def balance_loss(weights: torch.Tensor) -> torch.Tensor:
+    """KL(batch-mean gate || uniform): 0 when the experts share the batch evenly, log E when one takes all.
+
+    Penalising the batch mean rather than each row leaves every row free to prefer an expert, while the
+    gate as a whole cannot collapse onto one expert.
+    """
+    mean = weights.mean(0)  # (E,)
+    return (mean * (mean.clamp(min=1e-9).log() + math.log(weights.shape[-1]))).sum()

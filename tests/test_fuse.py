@@ -1,0 +1,140 @@
+"""The fusion network: shapes, masks (masked data cannot change the output), gates, the balance loss."""
+import math
+
+import pytest
+import torch
+
+from egmf.fuse import EXPERTS, FusionConfig, FusionNetwork
+from egmf.fuse.experts import ContextExpert, CorrelationExpert, LocalExpert
+from egmf.fuse.gating import balance_loss
+
+DIMS = {"audio": 12, "visual": 20, "text": 8}
+STEPS = {"audio": 9, "visual": 5, "text": 7}
+B, H, C = 4, 24, 3
+
+
+def make_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = {m: torch.randn(B, STEPS[m], d, generator=g) for m, d in DIMS.items()}
+    masks = {m: torch.ones(B, STEPS[m], dtype=torch.bool) for m in DIMS}
+    masks["audio"][1] = False  # row 1 has no audio
+    masks["visual"][0, 2:] = False  # row 0's video is short
+    masks["text"][2, 4:] = False
+    context = {m: torch.randn(B, C, d, generator=g) for m, d in DIMS.items()}
+    context_mask = torch.tensor([[True, True, True], [False, True, True], [False, False, False], [False, False, True]])
+    return features, masks, context, context_mask, torch.tensor([0, 1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return FusionNetwork(FusionConfig(d_model=32, n_heads=4, n_tokens=3), DIMS, H, n_tasks=2, out_scale=0.7).eval()
+
+
+def corrupt_masked(features, masks, context, context_mask):
+    """Every value a mask hides becomes garbage (NaN, huge numbers)."""
+    features = {m: f.clone() for m, f in features.items()}
+    context = {m: c.clone() for m, c in context.items()}
+    for m in features:
+        features[m][~masks[m]] = float("nan")
+        context[m][~context_mask] = 1e6
+    return features, context
+
+
+def test_shapes_and_gate_weights(net):
+    features, masks, context, context_mask, task = make_inputs()
+    out = net(features, masks, context, context_mask, task)
+    assert out.tokens.shape == (B, 3, H)
+    assert out.expert_weights.shape == (B, len(EXPERTS))
+    assert torch.allclose(out.expert_weights.sum(-1), torch.ones(B))
+    assert out.modality_gates.shape == (B, len(EXPERTS), len(DIMS))
+    assert torch.allclose(out.modality_gates.sum(-1), torch.ones(B, len(EXPERTS)))
+    assert torch.all(out.modality_gates[1, :, 0] == 0)  # row 1 has no audio: no expert may weigh it
+    assert torch.all(out.modality_gates[[0, 2, 3], :, 0] > 0)
+    assert out.aux_loss.ndim == 0 and out.aux_loss >= 0
+    # out_scale: pseudo tokens start with the RMS of the LLM's embedding table
+    assert out.tokens.pow(2).mean().sqrt().item() == pytest.approx(0.7, rel=0.05)
+
+
+def test_masked_values_cannot_change_the_output(net):
+    features, masks, context, context_mask, task = make_inputs()
+    reference = net(features, masks, context, context_mask, task)
+    garbage_features, garbage_context = corrupt_masked(features, masks, context, context_mask)
+    out = net(garbage_features, masks, garbage_context, context_mask, task)
+    assert torch.isfinite(out.tokens).all()
+    torch.testing.assert_close(out.tokens, reference.tokens, rtol=0, atol=0)
+    torch.testing.assert_close(out.expert_weights, reference.expert_weights, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("expert", ["local", "correlation", "context"])
+def test_each_expert_keeps_shapes_and_masks(expert):
+    torch.manual_seed(1)
+    d, modalities = 16, list(DIMS)
+    module = {"local": lambda: LocalExpert(modalities, d, 3, 2, 0.0),
+              "correlation": lambda: CorrelationExpert(modalities, d, 2, 0.0),
+              "context": lambda: ContextExpert(d, 2, 1, 0.0)}[expert]().eval()
+    _, masks, _, _, _ = make_inputs()
+    mask_list = [masks[m] for m in modalities]
+    tokens = [torch.randn(B, STEPS[m], d) * masks[m].unsqueeze(-1) for m in modalities]
+    turns, turn_mask = torch.randn(B, 2, d), torch.tensor([[True, False]] * B)
+    outputs, gate = module(tokens, mask_list, turns=turns, turn_mask=turn_mask)
+    assert [o.shape for o in outputs] == [t.shape for t in tokens]
+    assert gate.shape == (B, len(modalities)) and torch.all(gate[1, 0] == 0)
+    for o, m in zip(outputs, mask_list):
+        assert torch.all(o[~m] == 0)  # masked steps stay exact zeros
+    # A masked token or turn, whatever it holds, changes nothing.
+    noisy = [torch.where(m.unsqueeze(-1), t, torch.randn_like(t) * 100) for t, m in zip(tokens, mask_list)]
+    noisy_turns = turns.clone()
+    noisy_turns[:, 1] = 1e4
+    again, _ = module(noisy, mask_list, turns=noisy_turns, turn_mask=turn_mask)
+    for a, b in zip(outputs, again):
+        torch.testing.assert_close(a, b)
+
+
+def test_context_and_task_are_used(net):
+    features, masks, context, context_mask, task = make_inputs()
+    reference = net(features, masks, context, context_mask, task).tokens
+    shifted = {m: c + 1.0 for m, c in context.items()}
+    changed = net(features, masks, shifted, context_mask, task).tokens
+    has_context = context_mask.any(-1)
+    assert not torch.allclose(changed[has_context], reference[has_context])
+    torch.testing.assert_close(changed[~has_context], reference[~has_context], rtol=0, atol=0)
+    other_task = net(features, masks, context, context_mask, 1 - task).tokens
+    assert not torch.allclose(other_task, reference)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    net = FusionNetwork(FusionConfig(d_model=16, n_heads=2, n_tokens=2), DIMS, H, n_tasks=2)
+    out = net(*make_inputs())
+    (out.tokens.square().mean() + out.aux_loss + out.modality_gates.square().sum()).backward()
+    dead = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
+
+
+def test_a_row_without_any_modality_gives_finite_tokens(net):
+    features, masks, context, context_mask, task = make_inputs()
+    for m in masks:
+        masks[m][3] = False
+    out = net(features, masks, context, torch.zeros_like(context_mask), task)
+    assert torch.isfinite(out.tokens).all() and torch.all(out.modality_gates[3] == 0)
+
+
+def test_balance_loss_is_zero_when_balanced_and_log_e_when_collapsed():
+    assert balance_loss(torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])).item() == \
+        pytest.approx(0.0, abs=1e-6)
+    assert balance_loss(torch.tensor([[1.0, 0.0, 0.0]] * 4)).item() == pytest.approx(math.log(3), rel=1e-4)
+    collapsed = torch.tensor([[2.0, 0.0, 0.0]] * 4, requires_grad=True)
+    balance_loss(torch.softmax(collapsed, -1)).backward()
+    assert collapsed.grad[0, 0] > 0  # the loss pushes the dominant expert's logit down
+
+
+def test_missing_modality_in_batch_and_bad_config_are_explained(net):
+    features, masks, context, context_mask, task = make_inputs()
+    del features["visual"]
+    with pytest.raises(KeyError, match="visual"):
+        net(features, masks, context, context_mask, task)
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        FusionConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="odd"):
+        FusionConfig(local_kernel=4)
