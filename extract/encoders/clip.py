@@ -53,6 +53,9 @@ class CLIPImageEncoder:
                                  f"{open_clip.list_pretrained_tags_by_model(config.model)}")
             checkpoint = open_clip.download_pretrained(pretrained_cfg)
             return config.model, tag, file_sha256(checkpoint)
+        if config.model in open_clip.list_models():
+            raise ValueError(f"open_clip architecture {config.model!r} needs params.pretrained, one of "
+                             f"{open_clip.list_pretrained_tags_by_model(config.model)}; fix the preset")
         source = resolve(config.model)
         if source.path is not None:
             return f"local-dir:{source.path}", None, weights_sha256(source.path)

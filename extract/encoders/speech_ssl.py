@@ -52,8 +52,12 @@ class SpeechSSLEncoder:
 
     def _receptive_field(self) -> int:
         """Fewest samples that give one output frame; shorter clips are zero-padded up to it."""
+        config = self.model.config
+        if not hasattr(config, "conv_kernel"):
+            raise ValueError(f"{self.config.model} ({config.model_type}) has no wav2vec2-style CNN feature encoder; "
+                             f"the speech_ssl family takes wav2vec2, HuBERT, WavLM and their relatives")
         samples = 1
-        for kernel, stride in reversed(list(zip(self.model.config.conv_kernel, self.model.config.conv_stride))):
+        for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
             samples = (samples - 1) * stride + kernel
         return samples
 
