@@ -1,0 +1,18 @@
+"""LoRA adapters on the LLM's projections via peft; every base weight stays frozen."""
+from __future__ import annotations
+
+from peft import LoraConfig, PeftModel, get_peft_model
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama-family names; SmolLM2, Qwen and Mistral share them
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def attach_lora(model, r: int, alpha: int, dropout: float, targets: tuple[str, ...]) -> PeftModel:
+    """Wrap model with fresh LoRA weights on the modules named in targets."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    return get_peft_model(model, config)
+
+
+def load_lora(model, directory, trainable: bool = False) -> PeftModel:
+    """Wrap model with the adapter saved in directory by PeftModel.save_pretrained."""
+    return PeftModel.from_pretrained(model, directory, is_trainable=trainable)

