@@ -1,0 +1,41 @@
+"""Features a corpus ships pre-extracted (CHERMA's per-sample .npy files), imported as they are.
+
+They stand in for an encoder: same `.spec` and `.encode(batch)` as extract/encoders, where the batch holds
+.npy paths. The spec names the release; its weights field is a digest of the files' names and sizes, so a store
+made from another copy of the release is told apart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from egmf.cache.schema import EncoderSpec, digest
+from egmf.extract.encoders import POOLING, pool_steps
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """(T, D) float32 from a .npy holding a vector (D,) or a sequence (T, D)."""
+    x = np.load(path, allow_pickle=False).astype(np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"{path}: a feature file must hold a (D,) vector or a (T, D) sequence, not {x.shape}")
+    return x
+
+
+class ReleasedFeatures:
+    def __init__(self, dataset: str, modality: str, paths: list[Path], max_steps: int):
+        first = load_npy(paths[0])
+        fingerprint = digest(sorted((p.name, p.stat().st_size) for p in paths if p.exists()))
+        self.max_steps = max_steps if first.shape[0] > 1 else 1
+        self.spec = EncoderSpec(modality, "released", f"{dataset} release", fingerprint, first.shape[1],
+                                self.max_steps, {"pooling": POOLING})
+
+    def encode(self, batch: list) -> list:
+        out = []
+        for path in batch:
+            x = torch.from_numpy(load_npy(path))  # (T, D)
+            out.append(pool_steps(x, self.max_steps).numpy())
+        return out
