@@ -1,0 +1,171 @@
+"""EGMF: the fusion network's pseudo tokens spliced into a task prompt of a LoRA-tuned causal LM.
+
+forward() gives the training loss (LM loss on the answer tokens + the expert gate's balance loss);
+predict() answers by constrained decoding, so every answer is a valid class name or score string.
+A saved model is its trainable weights only (peft adapter + fusion state dict) and model.json; the
+frozen base LLM is loaded again from the reference that model.json names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from egmf.cache.schema import LabelSpec
+from egmf.fuse import FusionConfig, FusionNetwork
+from egmf.llm.decoding import AnswerTrie, score_answers
+from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
+from egmf.llm.lora import ATTENTION, attach_lora, load_lora
+from egmf.llm.prompts import Prompter, format_score
+from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
+
+from .batch import Batch, TaskSpec
+
+CONFIG_FILE, FUSION_FILE, ADAPTER_DIR = "model.json", "fusion.safetensors", "adapter"
+
+
+@dataclass
+class ModelConfig:
+    modality_dims: dict[str, int]  # feature size per modality, read from the cache(s)
+    tasks: list[TaskSpec]  # what the model answers; Batch.task indexes this list
+    llm: str = DEFAULT_LLM  # hub id, local directory, .gguf file or package:<module>/<file>
+    lora_r: int = 8  # rank of the LoRA updates
+    lora_alpha: int = 16  # LoRA scale = alpha / r
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ATTENTION  # add llm.lora.MLP to adapt the feed-forward layers too
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    max_text_tokens: int = 64  # transcripts are cut here: prompt length drives the LLM's step time
+    score_readout: str = "mean"  # regression value: "mean" of the answer distribution, or its "argmax"
+
+    def __post_init__(self):
+        if self.score_readout not in ("mean", "argmax"):
+            raise ValueError(f"score_readout must be 'mean' or 'argmax', not {self.score_readout!r}")
+        if not self.tasks:
+            raise ValueError("ModelConfig needs at least one task")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = [{"name": t.name, "label": asdict(t.label)} for t in self.tasks]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["tasks"] = [TaskSpec(t["name"], LabelSpec.from_dict(t["label"])) for t in d["tasks"]]
+        d["fusion"] = FusionConfig(**d["fusion"])
+        d["lora_targets"] = tuple(d["lora_targets"])
+        return cls(**d)
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # (): what the optimiser minimises
+    lm_loss: torch.Tensor  # (): cross-entropy of the answer tokens
+    aux_loss: torch.Tensor  # (): weighted load-balance loss of the expert gate
+    expert_weights: torch.Tensor  # (B, 3) in fuse.EXPERTS order
+    modality_gates: torch.Tensor  # (B, 3, M)
+
+
+@dataclass
+class Prediction:
+    answers: list[str]  # what the LLM answered: a class name or a one-decimal score
+    values: list  # class index (int) or score (float) per row
+    expert_weights: torch.Tensor  # (B, 3)
+    parse_failures: int  # answers that are not a valid label or in-range number (0 by construction)
+
+
+class EGMF(nn.Module):
+    def __init__(self, config: ModelConfig, adapter: Path | None = None):
+        """A fresh model, or with adapter: the LoRA weights saved in that directory."""
+        super().__init__()
+        self.config = config
+        base, self.tokenizer = load_causal_lm(config.llm)
+        table = base.get_input_embeddings().weight  # (V, H)
+        self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
+                                    out_scale=table.detach().pow(2).mean().sqrt().item())
+        self.llm = (load_lora(base, adapter) if adapter is not None else
+                    attach_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets))
+        self.prompter = Prompter(self.tokenizer, [t.label for t in config.tasks], config.fusion.n_tokens,
+                                 config.max_text_tokens)
+        ids = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
+        self.filler = next(i for i in ids if i is not None)  # any real id: padding is masked, placeholders replaced
+        self._tries: dict[tuple[int, str], AnswerTrie] = {}
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _prompts(self, batch: Batch) -> list[list[int]]:
+        return [self.prompter.prompt(t, lang, text)
+                for t, lang, text in zip(batch.task.tolist(), batch.languages, batch.texts)]
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        fused = self.fusion(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
+        answers = [self.prompter.answer_ids(t, lang)[self.prompter.target_index(t, y)]
+                   for t, lang, y in zip(batch.task.tolist(), batch.languages, batch.targets)]
+        rows = [prompt + answer for prompt, answer in zip(self._prompts(batch), answers)]
+        embeds, valid = embed_rows(self.llm, rows, fused.tokens, self.filler)  # (B, L, H), (B, L)
+        logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
+                          logits_to_keep=max(map(len, answers)) + 1, use_cache=False).logits  # (B, A + 1, V)
+        lm_loss = answer_loss(logits, answers)
+        return ModelOutput(lm_loss + fused.aux_loss, lm_loss, fused.aux_loss, fused.expert_weights,
+                           fused.modality_gates)
+
+    def _trie(self, task: int, language: str) -> AnswerTrie:
+        key = (task, language)
+        if key not in self._tries:
+            self._tries[key] = AnswerTrie.build(self.prompter.answer_ids(task, language))
+        return self._tries[key]
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        was_training = self.training
+        self.eval()
+        fused = self.fusion(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
+        embeds, valid = embed_rows(self.llm, self._prompts(batch), fused.tokens, self.filler)
+        tasks = batch.task.tolist()
+        tries = [self._trie(t, lang) for t, lang in zip(tasks, batch.languages)]
+        answers, values, failures = [], [], 0
+        for task, scores in zip(tasks, score_answers(self.llm, embeds, valid, tries, self.filler)):
+            answer, value = self._read(task, scores)
+            failures += self.prompter.parse(task, answer) is None
+            answers.append(answer)
+            values.append(value)
+        self.train(was_training)
+        return Prediction(answers, values, fused.expert_weights, failures)
+
+    def _read(self, task: int, scores: torch.Tensor) -> tuple[str, int | float]:
+        """Answer and value from the log-likelihoods (C,) of a task's answers."""
+        choices, label = self.prompter.answers(task), self.config.tasks[task].label
+        best = int(scores.argmax())
+        if label.kind == "class":
+            return choices[best], best
+        if self.config.score_readout == "argmax":
+            return choices[best], float(choices[best])
+        grid = torch.tensor([float(c) for c in choices], device=scores.device)  # (C,)
+        value = float((torch.softmax(scores, -1) * grid).sum())
+        return format_score(value, label.low, label.high), value
+
+    def save(self, directory) -> Path:
+        """Write the trainable weights and model.json to directory; returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.llm.save_pretrained(directory / ADAPTER_DIR)
+        save_file({k: v.detach().contiguous() for k, v in self.fusion.state_dict().items()}, directory / FUSION_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "EGMF":
+        """The model saved in directory, with its base LLM loaded from the reference in model.json."""
+        directory = Path(directory)
+        missing = [n for n in (CONFIG_FILE, FUSION_FILE, ADAPTER_DIR) if not (directory / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: not a saved EGMF model, {missing} missing. Fix: point to a "
+                                    f"directory written by EGMF.save (a run folder's model)")
+        model = cls(ModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text())), directory / ADAPTER_DIR)
+        model.fusion.load_state_dict(load_file(directory / FUSION_FILE))
+        return model
