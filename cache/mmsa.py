@@ -5,7 +5,6 @@ The pickle holds {"train"|"valid"|"test": {"id", "raw_text", "audio" (n, T_a, D_
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec
+from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec, file_sha256
 from egmf.cache.writer import CacheWriter
 
 ADAPTER_VERSION = "1"
@@ -29,14 +28,6 @@ class ImportReport:
     rows: int
     neg_inf_replaced: dict[str, int]  # modality -> values that were -inf and became 0
     per_split: dict[str, int]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lengths(part: dict, modality: str, feats: np.ndarray) -> np.ndarray:
@@ -79,7 +70,7 @@ def import_mmsa(pkl: Path, out, dataset: str | None = None, rows_per_shard: int 
     names = ["sentiment"] + ([f"sentiment_{m}" for m in "TAV"] if has_modal else [])
     spec = DatasetSpec(f"{dataset}-mmsa", ADAPTER_VERSION, "sentiment",
                        tuple(LabelSpec(n, "score", low=low, high=high) for n in names))
-    weights = _sha256(pkl)
+    weights = file_sha256(pkl)
     first = data["train"]
     encoders = {m: EncoderSpec(m, "mmsa-import", pkl.name, weights, dim=int(first[src].shape[2]),
                                max_steps=int(first[src].shape[1]), params={"source": pkl.stem})

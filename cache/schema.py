@@ -23,6 +23,15 @@ def digest(obj) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks: weight files and pickles are large."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class LabelSpec:
     """One label column of a corpus: class ids with their names, or a score in [low, high]."""

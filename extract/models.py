@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from egmf.cache.schema import file_sha256
+
 PACKAGE_PREFIX = "package:"
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0  # one fixed seed: the same recipe gives byte-identical weights on every machine
@@ -87,14 +89,6 @@ def _package_dir(ref: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"model {ref!r}: package {module!r} has no folder {sub!r} ({path})")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_sha256(directory: Path) -> str:

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
-from egmf.extract.models import file_sha256, hub_revision, resolve, weights_sha256
+from egmf.cache.schema import file_sha256
+from egmf.extract.models import hub_revision, resolve, weights_sha256
 
 DEFAULT_FPS = 2  # frames per second the media decoder samples, when a preset does not say
 DEFAULT_MAX_FRAMES = 32  # cap per clip: longer clips are sampled more sparsely
