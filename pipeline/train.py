@@ -1,7 +1,7 @@
 """Stage two: train the fusion, the gates, the projection and the LoRA weights from one or more caches.
 
 One trainer for every corpus and backbone: several caches give one unified model over their tasks. AdamW with
-warmup + cosine, gradient clipping, bf16 autocast on CUDA, early stopping on the dev score, a checkpoint (written
+warmup + cosine, gradient clipping, bf16 autocast where native, early stopping on the dev score, a checkpoint (written
 atomically) after every epoch and every `checkpoint_every` steps, from which a killed run resumes to the same
 result. Under torchrun, processes split the batches and average gradients (DDP, gloo on CPU).
 """
@@ -26,6 +26,7 @@ from egmf.pipeline import plots
 from egmf.pipeline.data import BatchStream, load_split, task_of
 from egmf.pipeline.evaluate import headline, plot_predictions, predict_split, primary_score, split_metrics
 from egmf.pipeline.model import EGMF
+from egmf.pipeline.precision import autocast, use_bf16
 from egmf.pipeline.presets import model_config
 from egmf.pipeline.runfolder import RunFolder
 
@@ -50,6 +51,7 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (pipeline/precision.py)
     progress: bool = True
     overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"fusion": {"n_tokens": 8}}
 
@@ -85,6 +87,7 @@ class Trainer:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.device = pick_device(cfg.device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
         self.caches = [Cache.open(c) for c in cfg.caches]
         self.tasks = [task_of(c) for c in self.caches]
         self.modalities = shared_modalities(self.caches, cfg.modalities)
@@ -127,7 +130,7 @@ class Trainer:
                     continue
                 batch = batch.to(self.device)
                 data_wait += time.perf_counter() - tick
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                with autocast(self.device, self.bf16):
                     out = wrapped(batch)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(
@@ -145,7 +148,10 @@ class Trainer:
                 aux.append(out.aux_loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                if state["step"] % cfg.checkpoint_every == 0 and self.rank == 0:
+                epoch_ends = state["step"] >= min(total, (state["epoch"] + 1) * steps_per_epoch)
+                # Not at an epoch's last step: its checkpoint follows the dev evaluation, and one taken here would
+                # resume into an epoch with no step left to run and no record of it.
+                if state["step"] % cfg.checkpoint_every == 0 and self.rank == 0 and not epoch_ends:
                     self.run.save_checkpoint(model, opt, sched, state)
                 if state["step"] >= total:
                     break
@@ -193,7 +199,8 @@ class Trainer:
     def _evaluate(self, model, splits, name: str) -> dict:
         out = {}
         for data, task in zip(splits, self.tasks):
-            pred = predict_split(model, data, task, self.cfg.eval_batch_size, self.device)
+            with autocast(self.device, self.bf16):
+                pred = predict_split(model, data, task, self.cfg.eval_batch_size, self.device)
             out[task.name] = split_metrics(pred)
         return {name: out}
 
@@ -234,7 +241,8 @@ def evaluate_run(run_dir: str, cache_url: str, split: str, batch_size: int = 16,
     task_index = run.task_index(cache)
     task = model.config.tasks[task_index]
     data = load_split(cache, split, run.modalities, task, task_index, run.config["train"]["context_turns"])
-    pred = predict_split(model, data, task, batch_size, pick_device(device))
+    with autocast(pick_device(device), use_bf16("auto", pick_device(device))):
+        pred = predict_split(model, data, task, batch_size, pick_device(device))
     metrics = split_metrics(pred)
     result = {"cache": cache.url, "fingerprint": cache.fingerprint, "split": split, "task": task.name,
               "metrics": metrics}
