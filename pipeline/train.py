@@ -122,7 +122,10 @@ class Trainer:
         while state["epoch"] < cfg.epochs and state["step"] < total and state["bad_epochs"] < cfg.patience:
             stream.epoch = state["epoch"]
             skip = state["step"] - state["epoch"] * steps_per_epoch  # batches done before a resume
-            losses, lm, aux = [], [], []
+            if skip == 0:
+                state["epoch_losses"] = {"loss": [], "lm": [], "aux": []}
+            # In the checkpointed state, so that an epoch resumed half-way reports the means over all its steps.
+            losses, lm, aux = (state["epoch_losses"][k] for k in ("loss", "lm", "aux"))
             model.train()
             tick = time.perf_counter()
             for k, batch in enumerate(stream):
