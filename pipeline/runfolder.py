@@ -135,10 +135,14 @@ class RunFolder:
         if blob.get("format") != CHECKPOINT_FORMAT:
             raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. "
                              f"Fix: train into a new --out")
-        missing = _trainable_names(model) - set(blob["model"])
-        if missing:
-            raise CacheError(f"{f} does not fit this model (missing {sorted(missing)[:3]}...). Fix: resume with "
-                             "the same --preset and options, or train into a new --out")
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+        saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
+        missing = sorted(set(shapes) - set(saved))
+        resized = [f"{n} {saved[n]} here {shapes[n]}" for n in sorted(shapes.keys() & saved) if saved[n] != shapes[n]]
+        if missing or resized:
+            problem = f"missing {missing[:3]}" if missing else f"other shapes: {'; '.join(resized[:3])}"
+            raise CacheError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
+                             "options (e.g. --lora-r), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
