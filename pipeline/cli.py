@@ -41,13 +41,15 @@ def train(
     seed: int = typer.Option(0),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 1,2,3: one run each in OUT/seed-N, then mean ± std"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA and bf16-capable CPUs), fp32 or bf16"),
 ):
     from egmf.pipeline.train import TrainConfig, train_seeds
 
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                       modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
-                      batch_size=batch_size, patience=patience, seed=seed, device=device)
+                      batch_size=batch_size, patience=patience, seed=seed, device=device,
+                      precision=precision)
     try:
         result = train_seeds(cfg, _seeds(seed, seeds))
     except (CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
