@@ -136,13 +136,14 @@ class Trainer:
                 with autocast(self.device, self.bf16):
                     out = wrapped(batch)
                 if not torch.isfinite(out.loss):
-                    raise FloatingPointError(
-                        f"loss became {out.loss.item()} at step {state['step']} (epoch {state['epoch'] + 1}); the "
-                        f"run stops here, the last good checkpoint stays in {self.run.path}. Fix: lower --lr "
-                        f"(now {cfg.lr}) or check the cache with `egmf-cache verify`")
+                    self._diverged("loss", out.loss, state)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                # A finite loss can still overflow in the backward pass; the update would then make the weights NaN
+                # and the epoch's end would evaluate and checkpoint them.
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if not torch.isfinite(norm):
+                    self._diverged("gradient norm", norm, state)
                 opt.step()
                 sched.step()
                 state["step"] += 1
@@ -197,6 +198,12 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return summary
+
+    def _diverged(self, what: str, value: torch.Tensor, state: dict):
+        raise FloatingPointError(
+            f"{what} became {value.item()} at step {state['step']} (epoch {state['epoch'] + 1}); the run stops here "
+            f"before the weights take it, the last good checkpoint stays in {self.run.path}. Fix: lower --lr "
+            f"(now {self.cfg.lr}) or check the cache with `egmf-cache verify`")
 
     @torch.no_grad()
     def _evaluate(self, model, splits, name: str) -> dict:
