@@ -107,6 +107,7 @@ class RunFolder:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
         if final.exists():
+            shutil.rmtree(old, ignore_errors=True)  # left by a save killed after its swap: final is the whole one
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
