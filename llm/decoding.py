@@ -8,6 +8,8 @@ answer's score is the sum along its path. The prompt is computed once per row an
 four tokens each, need 18 extra positions instead of 244.
 
 Only answers from the list can come out, so every prediction is a valid label or number by construction.
+Scoring every answer (rather than masked greedy decoding through the trie) gives the whole distribution:
+classification takes its argmax, regression its mean (see ModelConfig.score_readout for the measurement).
 """
 from __future__ import annotations
 

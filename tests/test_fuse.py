@@ -120,6 +120,13 @@ def test_a_row_without_any_modality_gives_finite_tokens(net):
     assert torch.isfinite(out.tokens).all() and torch.all(out.modality_gates[3] == 0)
 
 
+def test_corpora_without_dialogues_pass_zero_preceding_turns(net):
+    features, masks, _, _, task = make_inputs()
+    no_turns = {m: torch.zeros(B, 0, d) for m, d in DIMS.items()}
+    out = net(features, masks, no_turns, torch.zeros(B, 0, dtype=torch.bool), task)
+    assert out.tokens.shape == (B, 3, H) and torch.isfinite(out.tokens).all()
+
+
 def test_balance_loss_is_zero_when_balanced_and_log_e_when_collapsed():
     assert balance_loss(torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]])).item() == \
         pytest.approx(0.0, abs=1e-6)
