@@ -36,16 +36,6 @@ def make_batch(task: int, targets: list, seed: int, language: str = "en") -> Bat
                  languages=[language] * B, task=torch.full((B,), task), targets=targets, rows=torch.arange(B))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, which on a shared 2-core machine made the
-    training fixture 10x slower (40 s instead of 3 s)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     llm = str(save_tiny_lm(tmp_path_factory.mktemp("tiny")))
