@@ -28,16 +28,6 @@ runner = CliRunner()
 TIMING = ("seconds", "data_wait_fraction")  # the only parts of metrics.json that may differ run to run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """For the in-process runs: the tiny model's steps are too small to split, and on 2 shared cores a second
-    torch thread makes them 3-4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # name -> (cache, epochs, where each successive run is killed)
 KILLS = {
     # 55 steps per epoch: a checkpoint at step 50, then at the epoch's end (55)
