@@ -60,9 +60,11 @@ def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index:
     for m in modalities:
         feats[m], lengths[m] = cache.features(m, rows, lazy=False)
     targets = [int(v) for v in label] if task.is_classification else [float(v) for v in label]
-    return SplitData(feats, lengths, _preceding_turns(cache, rows, context_turns),
-                     cache.meta["text"][rows].tolist(), cache.meta["language"][rows].tolist(), targets, rows,
-                     task_index)
+    # The transcript reaches the LLM through the prompt too: without the text modality it is left out there
+    # as well, so a model trained on audio or visual alone really sees nothing of the words.
+    texts = cache.meta["text"][rows].tolist() if "text" in modalities else [""] * len(rows)
+    return SplitData(feats, lengths, _preceding_turns(cache, rows, context_turns), texts,
+                     cache.meta["language"][rows].tolist(), targets, rows, task_index)
 
 
 def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:

@@ -40,6 +40,7 @@ def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, d
     dev = pick_device(device)
     model = run.load_model().to(dev).eval()
     encoders = rebuild_encoders(run, run.modalities, device)
+    text = text if "text" in encoders else ""  # as in training: no text modality, no transcript in the prompt
     want_audio, want_frames = "audio" in encoders, "visual" in encoders
     params = {**encoders["audio"].spec.params} if want_audio else {}
     if want_frames:

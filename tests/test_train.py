@@ -129,3 +129,12 @@ def test_predict_a_clip_with_the_runs_own_encoders(tmp_path):
     answer = r.output.split("demo/emotion: ")[1].split()[0]
     assert answer in ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
     assert "expert gates: local" in r.output
+
+
+def test_without_the_text_modality_the_prompt_has_no_transcript(class_cache):
+    from egmf.cache.reader import Cache
+    from egmf.pipeline.data import load_split, task_of
+    cache = Cache.open(class_cache)
+    task = task_of(cache)
+    assert load_split(cache, "train", ["text"], task, 0).texts[0] == "utterance 0 你好"
+    assert set(load_split(cache, "train", ["audio", "visual"], task, 0).texts) == {""}
