@@ -245,3 +245,13 @@ def test_bad_preset_files_name_the_file(tmp_path):
         load_preset(str(bad))
     with pytest.raises(FileNotFoundError, match="tiny"):
         load_preset("no-such-preset")
+
+
+def test_fbank_frames_show_pitch_and_loudness():
+    encoder = build_encoder(load_preset("offline").encoders("en")["audio"], "cpu")
+    t = np.arange(16000, dtype=np.float32) / 16000
+    low, high = (0.1 * np.sin(2 * np.pi * f * t).astype(np.float32) for f in (150.0, 600.0))
+    f_low, f_high, f_loud = encoder.encode([low, high, 10 * low])
+    assert f_low.shape == (50, 80) and encoder.spec.family == "fbank"
+    assert f_low.mean(0).argmax() < f_high.mean(0).argmax()  # the strongest band follows the pitch
+    np.testing.assert_allclose(f_loud.mean(0).max() - f_low.mean(0).max(), 2.0, atol=0.05)  # 10x = +2 in log10 power

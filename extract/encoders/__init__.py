@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from egmf.cache.schema import MODALITIES, EncoderSpec
 
 # family (= module in this package) -> its encoder class
-FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "clip": "CLIPImageEncoder", "text": "TextEncoder"}
+FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",
+            "text": "TextEncoder"}
 POOLING = "adaptive_avg"  # recorded in every EncoderSpec: how sequences longer than max_steps were shortened
 
 
