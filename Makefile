@@ -2,8 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# The demo's size: small enough to finish in minutes on 2 CPU cores.
-DEMO_CLIPS ?= 420
+# The demo's size (a multiple of 7): small enough to finish in minutes on 2 CPU cores.
+DEMO_CLIPS ?= 280
 
 .PHONY: install demo test test-slow bench clean-demo
 
