@@ -3,7 +3,7 @@
     <store>/            group; attrs["egmf"] = the header (schema, dataset, encoders, fingerprints)
       meta/<col>        (N,) id, split, text, language, dialogue (str), turn (int32)
       labels/<name>     (N,) int16 class id (-1 = none) or float32 score (NaN = none)
-      <modality>/features  (N, T, D) float16, zero-padded; chunk (1, T, D), shard (S, T, D), zstd
+      <modality>/features  (N, T, D) float16, zero-padded; chunk (16, T, D) in shards of (S, T, D), zstd
       <modality>/lengths   (N,) int32, 0 = modality missing for that row
       <modality>/problem   (N,) str, why the modality is missing ("" = fine)
       done              (N,) bool, chunk (S,): a block of S rows is marked done after all its arrays are written

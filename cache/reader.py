@@ -122,8 +122,8 @@ class Cache:
         i = 0
         while i < len(sorted_rows):
             lo = sorted_rows[i] // s * s
-            hi = min(lo + span_rows, arr.shape[0])
-            j = np.searchsorted(sorted_rows, hi)
+            j = np.searchsorted(sorted_rows, lo + span_rows)
+            hi = min((sorted_rows[j - 1] // s + 1) * s, arr.shape[0])  # up to the shard of the last row wanted
             # One request per span of whole shards: zarr fetches and decodes its shards concurrently.
             try:
                 block = arr[lo:hi]

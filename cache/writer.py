@@ -7,6 +7,7 @@ processes can write distinct blocks of one store at once.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,10 @@ from egmf.cache.header import ATTR, Header, ids_digest
 from egmf.cache.layout import FEATURE_CODEC, META_COLUMNS, open_group
 from egmf.cache.schema import MODALITIES, CacheError, DatasetSpec, EncoderSpec
 
+# Rows per compressed chunk inside a shard. One chunk per row made a full scan decode 49k chunks for a MOSEI-sized
+# split (3.4k chunks/s: 14.5 s against 0.3 s for .npy); 16 rows cut that 16-fold, and stage two reads whole
+# splits, while a single row still costs only one 16-row chunk.
+ROWS_PER_CHUNK = 16
 FIT = ("Fix: write into another store (--out NEW_PATH), or delete {url} to start over with these settings")
 
 
@@ -165,7 +170,7 @@ def _create_arrays(url, h: Header, meta: dict, labels: dict, storage_options):
         g.create_array(f"labels/{spec.name}", shape=(n,), dtype=values.dtype, chunks=(max(n, 1),))[:] = values
     for m, enc in h.encoders.items():
         g.create_array(f"{m}/features", shape=(n, enc.max_steps, enc.dim), dtype="float16",
-                       chunks=(1, enc.max_steps, enc.dim), shards=(s, enc.max_steps, enc.dim),
+                       chunks=(math.gcd(s, ROWS_PER_CHUNK), enc.max_steps, enc.dim), shards=(s, enc.max_steps, enc.dim),
                        compressors=FEATURE_CODEC, fill_value=0)
         g.create_array(f"{m}/lengths", shape=(n,), dtype="int32", chunks=(s,), fill_value=0)
         g.create_array(f"{m}/problem", shape=(n,), dtype=str, chunks=(s,))
