@@ -508,7 +508,7 @@ def zstd_decode_rate(npy: Path, split: str = "train", rows: int = 64, repeats: i
 
 def bench_storage(ws: Workspace) -> dict:
     """2: the cache against an MMSA-style pickle and plain .npy on synthetic MOSEI-sized features."""
-    from egmf.cache.reader import available_memory
+    from egmf.cache.reader import Cache, available_memory
 
     s = ws.sizes
     n, train = sum(s.mosei_rows.values()), s.mosei_rows["train"]
@@ -528,6 +528,8 @@ def bench_storage(ws: Workspace) -> dict:
     paths = write_synthetic_mosei(folder, s.mosei_rows, ws.seed)
     build_seconds = time.perf_counter() - tick
     sizes = {fmt: folder_bytes(p) for fmt, p in paths.items()}
+    store = Cache.open(paths["cache"])
+    chunks = sum(-(-train // store.group[f"{m}/features"].chunks[0]) for m in MOSEI)  # the split's, all modalities
 
     def best(fmt: str, rows: int | None, cold: bool = False, repeats: int = s.repeats) -> dict:
         path = paths["cache" if fmt == "zarr" else fmt]
@@ -552,7 +554,7 @@ def bench_storage(ws: Workspace) -> dict:
     measured = {"rows": dict(s.mosei_rows), "build_seconds": build_seconds, "bytes_on_disk": sizes,
                 "first_batch": first, "scan": scan, "scan_from_disk": cold,
                 "scan_rows_per_second": {fmt: train / r["seconds"] for fmt, r in scan.items()}, "memory": memory,
-                "zstd_decode_mb_per_second": zstd_rate}
+                "zstd_decode_mb_per_second": zstd_rate, "chunks_in_split": chunks}
     checks = [check("open + first batch, speed-up over the pickle",
                     first["pickle"]["seconds"] / first["cache"]["seconds"], 10),
               check("full-scan throughput from the page cache, share of .npy's",
@@ -568,13 +570,12 @@ def bench_storage(ws: Workspace) -> dict:
                      f"yet zarr reads those rows straight from the store in {first['zarr']['seconds']:.3f} s: the "
                      "time goes to the reader (egmf.cache.reader), not to the format.")
     if checks[1]["passed"] is False or checks[2]["passed"] is False:
-        chunks, zarr_seconds, split_mb = train * len(MOSEI), scan["zarr"]["seconds"], scan["npy"]["bytes"] / MB
+        zarr_seconds, split_mb = scan["zarr"]["seconds"], scan["npy"]["bytes"] / MB
         bound.append(f"Scanning {train} rows from the page cache takes the cache {scan['cache']['seconds']:.2f} s "
                      f"against .npy's {scan['npy']['seconds']:.2f} s (from disk: {cold['cache']['seconds']:.2f} s "
                      f"against {cold['npy']['seconds']:.2f} s). zarr decoding the arrays alone takes "
-                     f"{zarr_seconds:.2f} s: one chunk per row and modality ({chunks} chunks, "
-                     f"{chunks / zarr_seconds:.0f} per second), each decoded and checksummed on its own inside its "
-                     f"shard; the remaining {scan['cache']['seconds'] - zarr_seconds:.2f} s are the reader gathering "
+                     f"{zarr_seconds:.2f} s for {chunks} chunks ({chunks / zarr_seconds:.0f} per second), each "
+                     f"decoded and checksummed on its own inside its shard; the remaining {scan['cache']['seconds'] - zarr_seconds:.2f} s are the reader gathering "
                      f"rows into place. zstd itself decodes {zstd_rate:.0f} MB/s per core here, so the split's "
                      f"{split_mb:.0f} MB need {split_mb / zstd_rate:.2f} s of one core at best, where .npy only "
                      "copies bytes.")
@@ -731,9 +732,10 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
     with tempfile.TemporaryDirectory(prefix="egmf-bench-", dir=cfg.workdir) as scratch:
         ws = Workspace(Path(scratch), QUICK if cfg.quick else FULL, cfg.seed, cfg.progress)
         for n in cfg.only:
-            tick = time.perf_counter()
+            tick, load = time.perf_counter(), os.getloadavg()[0]
             res = BENCHMARKS[n](ws)
-            res.update(seconds=time.perf_counter() - tick, load_average=os.getloadavg()[0],
+            # The 1-minute load average before and after: other jobs on the machine skew the timings.
+            res.update(seconds=time.perf_counter() - tick, load_average=[load, os.getloadavg()[0]],
                        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
             report["benchmarks"][str(n)] = res
             # Written after every benchmark: a later failure keeps what was measured.
@@ -775,9 +777,11 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {n} | {res['title']}: {c['name']} | {format_value(c)} | {target} | {verdict} |")
         notes += [f"- **{n}** ({res['setup']}). " + " ".join(res["bound"])] if res["bound"] else []
     dates = sorted({res["date"][:10] for res in report["benchmarks"].values()})
+    loads = [x for res in report["benchmarks"].values() for x in res["load_average"]]
     lines += ["", f"Measured by `egmf-bench` on {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, "
               f"{m['torch_threads']} torch threads, torch {m['versions']['torch']}, zarr {m['versions']['zarr']}; "
-              f"{', '.join(dates)}. Ratios; the absolute times are in bench-results/bench.json."]
+              f"{', '.join(dates)}; load average {min(loads):.1f} to {max(loads):.1f} (above the core count, other "
+              "jobs were taking CPU time). Ratios; the absolute times are in bench-results/bench.json."]
     if notes:
         lines += ["", "What bounds the missed targets:", "", *notes]
     return "\n".join(lines) + "\n"

@@ -65,6 +65,7 @@ def _report():
     machine = {"cores": 2, "cpu": "test cpu", "ram_gib": 24.0, "torch_threads": 2,
                "versions": {"torch": "2.14.1", "zarr": "3.1.6"}}
     bench = {"title": "Storage", "setup": "tiny", "date": "2026-01-02T00:00:00+00:00", "bound": ["zarr is slow."],
+             "load_average": [0.5, 1.25],
              "checks": [check("scan, share of .npy's", 0.25, 0.5), check("size, share of the pickle's", 0.3, 0.5, "<="),
                         check("memory", 2.0, None)]}
     return {"machine": machine, "benchmarks": {"2": bench}}
@@ -76,7 +77,7 @@ def test_markdown_table_has_a_row_per_check_and_the_bounds_of_missed_targets():
     assert len(rows) == 3
     assert "0.25x" in rows[0] and "**missed**" in rows[0]
     assert "0.30x" in rows[1] and "met" in rows[1] and "reported" in rows[2]
-    assert "zarr is slow." in table and "2 cores" in table and "2026-01-02" in table
+    assert "zarr is slow." in table and "2 cores" in table and "2026-01-02" in table and "0.5 to 1.2" in table
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
