@@ -380,8 +380,8 @@ def write_synthetic_mosei(folder: Path, rows: dict, seed: int = 0) -> dict[str, 
 
     Lengths follow a log-normal utterance duration (median 6 s): 40 audio and 30 video steps per second, 2.8 word
     pieces per second plus [CLS] and [SEP], each capped at MOSEI's T, so a good part of every array is zero
-    padding. Values are standard normal, so only the padding and float16 make the cache smaller: real features
-    compress better.
+    padding. Values are standard normal, so only the padding and float16 make the cache smaller; features with
+    more structure may compress better.
     """
     from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec
     from egmf.cache.writer import CacheWriter
@@ -778,10 +778,11 @@ def markdown_table(report: dict) -> str:
         notes += [f"- **{n}** ({res['setup']}). " + " ".join(res["bound"])] if res["bound"] else []
     dates = sorted({res["date"][:10] for res in report["benchmarks"].values()})
     loads = [x for res in report["benchmarks"].values() for x in res["load_average"]]
+    busy = " (above the core count: other jobs were taking CPU time)" if max(loads) > m["cores"] else ""
     lines += ["", f"Measured by `egmf-bench` on {m['cores']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, "
               f"{m['torch_threads']} torch threads, torch {m['versions']['torch']}, zarr {m['versions']['zarr']}; "
-              f"{', '.join(dates)}; load average {min(loads):.1f} to {max(loads):.1f} (above the core count, other "
-              "jobs were taking CPU time). Ratios; the absolute times are in bench-results/bench.json."]
+              f"{', '.join(dates)}; load average {min(loads):.1f} to {max(loads):.1f}{busy}. Ratios; the absolute "
+              "times are in bench-results/bench.json."]
     if notes:
         lines += ["", "What bounds the missed targets:", "", *notes]
     return "\n".join(lines) + "\n"
