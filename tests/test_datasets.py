@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from egmf.extract.datasets import cherma, folder, get, meld, mosei, sims_v2
+from shared_data import MELD_DATA, require_meld
 from egmf.extract.media import decode_clip
 from egmf.extract.records import DatasetError
 from mediagen import make_clip
 
-MELD_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
 MELD_COLUMNS = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
                 "Episode", "StartTime", "EndTime"]
 MMSA_COLUMNS = ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"]
@@ -41,9 +41,7 @@ def refuses(load, *args, match: str, line: int | None = None, **kwargs) -> Datas
 
 @pytest.fixture(scope="module")
 def real_meld():
-    if not (MELD_DATA / "train_sent_emo.csv").is_file():
-        pytest.skip(f"real MELD CSVs not found in {MELD_DATA}")
-    return meld.load(MELD_DATA)
+    return meld.load(require_meld())
 
 
 def test_meld_real_files_splits_and_rows(real_meld):

@@ -13,9 +13,9 @@ from egmf.extract.cli import app
 from egmf.extract.lock import store_lock
 from egmf.extract.run import EXIT_OK, EXIT_PARTIAL, ExtractConfig, extract
 from mediagen import BAD_KINDS, make_bad_clip, make_clip
+from shared_data import require_meld
 
 runner = CliRunner()
-MELD = "/work/shared/data/meld"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_rerun_resumes_only_unfinished_blocks(demo_root, tmp_path):
 
 
 def test_text_only_cache_from_the_real_meld_csvs_needs_no_media(tmp_path):
-    r = runner.invoke(app, ["--dataset", "meld", "--root", MELD, "--out", str(tmp_path / "meld"),
+    r = runner.invoke(app, ["--dataset", "meld", "--root", str(require_meld()), "--out", str(tmp_path / "meld"),
                             "--modalities", "text", "--preset", "tiny", "--limit", "40"])
     assert r.exit_code == EXIT_OK, r.output
     c = Cache.open(tmp_path / "meld")
@@ -107,12 +107,12 @@ def test_bad_clips_are_reported_and_the_rest_extracted(tmp_path):
 
 
 def test_a_second_run_on_a_locked_store_is_refused(tmp_path):
-    out = str(tmp_path / "store")
+    out, meld = str(tmp_path / "store"), require_meld()
     with store_lock(out):
         with pytest.raises(CacheError, match=r"being written by egmf-extract pid \d+.*wait"):
-            extract(ExtractConfig("meld", MELD, out, preset="tiny", modalities=("text",), limit=8,
+            extract(ExtractConfig("meld", meld, out, preset="tiny", modalities=("text",), limit=8,
                                   progress=False))
-    assert extract(ExtractConfig("meld", MELD, out, preset="tiny", modalities=("text",), limit=8,
+    assert extract(ExtractConfig("meld", meld, out, preset="tiny", modalities=("text",), limit=8,
                                  progress=False)).extracted == 8
 
 
