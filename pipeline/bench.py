@@ -313,12 +313,12 @@ def bench_cache_vs_media(ws: Workspace) -> dict:
     if ws.extraction_seconds is not None and from_media["seconds"] > cache_seconds:
         # Extracting once pays for itself after this many epochs.
         measured["break_even_epochs"] = ws.extraction_seconds / (from_media["seconds"] - cache_seconds)
-    cap = (model_seconds + media_input) / model_seconds
-    per_batch = ", ".join(f"{k} {v / steps:.2f} s" for k, v in stages.items())
-    bound = [f"The model step itself takes {model_seconds / steps:.2f} s per batch of {s.batch_size} "
+    step_ms, input_ms = model_seconds / steps * 1000, media_input / steps * 1000
+    per_batch = ", ".join(f"{k} {v / steps * 1000:.0f}" for k, v in stages.items())
+    bound = [f"The model step itself takes {step_ms:.0f} ms per batch of {s.batch_size} "
              f"({model_seconds / cache_seconds:.0%} of the cache epoch), while decoding and encoding add "
-             f"{media_input / steps:.2f} s per batch ({per_batch}); so even if reading the cache cost nothing, "
-             f"the speed-up could not exceed 1 + {media_input / steps:.2f}/{model_seconds / steps:.2f} = {cap:.1f}x.",
+             f"{input_ms:.0f} ms per batch ({per_batch}); so even if reading the cache cost nothing, the speed-up "
+             f"could not exceed 1 + {input_ms:.0f}/{step_ms:.0f} = {1 + input_ms / step_ms:.1f}x.",
              f"The ratio grows with the encoders' cost per clip: the {s.encoders} preset's encoders are small "
              f"models sized for CPU tests, and the demo clips are short and small ({clip.min_seconds:g}-"
              f"{clip.max_seconds:g} s, {clip.size}x{clip.size} px)."]
@@ -575,10 +575,10 @@ def bench_storage(ws: Workspace) -> dict:
                      f"against .npy's {scan['npy']['seconds']:.2f} s (from disk: {cold['cache']['seconds']:.2f} s "
                      f"against {cold['npy']['seconds']:.2f} s). zarr decoding the arrays alone takes "
                      f"{zarr_seconds:.2f} s for {chunks} chunks ({chunks / zarr_seconds:.0f} per second), each "
-                     f"decoded and checksummed on its own inside its shard; the remaining {scan['cache']['seconds'] - zarr_seconds:.2f} s are the reader gathering "
-                     f"rows into place. zstd itself decodes {zstd_rate:.0f} MB/s per core here, so the split's "
-                     f"{split_mb:.0f} MB need {split_mb / zstd_rate:.2f} s of one core at best, where .npy only "
-                     "copies bytes.")
+                     "decoded and checksummed on its own inside its shard; the remaining "
+                     f"{scan['cache']['seconds'] - zarr_seconds:.2f} s are the reader gathering rows into place. "
+                     f"zstd itself decodes {zstd_rate:.0f} MB/s per core here, so the split's {split_mb:.0f} MB "
+                     f"need {split_mb / zstd_rate:.2f} s of one core at best, where .npy only copies bytes.")
     setup = (f"synthetic MOSEI: {train} training rows of {n} (audio 500x74, visual 375x35, text 50x768, variable "
              "lengths, zero-padded, fixed seed); pickle protocol 5, float32; .npy float16 per split; first batches "
              "from the page cache; each read in a fresh process")
