@@ -112,6 +112,9 @@ class Cache:
         return self._read_rows(arr, modality, rows), lengths
 
     def _read_rows(self, arr, modality, rows: np.ndarray) -> np.ndarray:
+        if len(rows) and (np.diff(rows) == 1).all():
+            # A split is usually one run of rows: read it straight, with no gather through index arrays.
+            return self._read_span(arr, modality, int(rows[0]), int(rows[-1]) + 1)
         out = np.empty((len(rows), *arr.shape[1:]), arr.dtype)  # (n, T, D)
         if len(rows) == 0:
             return out
@@ -125,16 +128,19 @@ class Cache:
             j = np.searchsorted(sorted_rows, lo + span_rows)
             hi = min((sorted_rows[j - 1] // s + 1) * s, arr.shape[0])  # up to the shard of the last row wanted
             # One request per span of whole shards: zarr fetches and decodes its shards concurrently.
-            try:
-                block = arr[lo:hi]
-            except Exception as e:
-                raise CacheError(
-                    f"{self.url}: {modality} features of rows {lo}..{hi - 1} cannot be read ({type(e).__name__}: "
-                    f"{e}). Fix: run `egmf-cache verify --repair {self.url}` and re-run egmf-extract to rewrite "
-                    "the damaged shards") from None
+            block = self._read_span(arr, modality, lo, hi)
             out[order[i:j]] = block[sorted_rows[i:j] - lo]
             i = j
         return out
+
+    def _read_span(self, arr, modality, lo: int, hi: int) -> np.ndarray:
+        try:
+            return arr[lo:hi]
+        except Exception as e:
+            raise CacheError(
+                f"{self.url}: {modality} features of rows {lo}..{hi - 1} cannot be read ({type(e).__name__}: "
+                f"{e}). Fix: run `egmf-cache verify --repair {self.url}` and re-run egmf-extract to rewrite "
+                "the damaged shards") from None
 
     def _check_modality(self, modality):
         if modality not in self.encoders:

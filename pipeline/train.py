@@ -118,7 +118,7 @@ class Trainer:
             self.run.write_config(cfg, mcfg, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state["step"], desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
-        t0, data_wait = time.perf_counter(), 0.0
+        t0, data_wait, step_time = time.perf_counter(), 0.0, 0.0  # waiting for batches, within whole steps
         while state["epoch"] < cfg.epochs and state["step"] < total and state["bad_epochs"] < cfg.patience:
             stream.epoch = state["epoch"]
             skip = state["step"] - state["epoch"] * steps_per_epoch  # batches done before a resume
@@ -152,6 +152,7 @@ class Trainer:
                 aux.append(out.aux_loss.item())
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                step_time += time.perf_counter() - tick
                 epoch_ends = state["step"] >= min(total, (state["epoch"] + 1) * steps_per_epoch)
                 # Not at an epoch's last step: its checkpoint follows the dev evaluation, and one taken here would
                 # resume into an epoch with no step left to run and no record of it.
@@ -190,7 +191,7 @@ class Trainer:
         summary = {"steps": state["step"], "epochs": len(state["history"]), "best_epoch": best["epoch"],
                    "best_dev_score": state["best"],
                    "best_dev": {t: _scalars(m) for t, m in best["dev"].items()},
-                   "seconds": elapsed, "data_wait_fraction": data_wait / max(elapsed, 1e-9),
+                   "seconds": elapsed, "data_wait_fraction": data_wait / max(step_time, 1e-9),
                    "trainable_parameters": sum(p.numel() for p in params)}
         if self.rank == 0:
             self.run.write_history(state["history"], summary)
