@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 # The demo's size (a multiple of 7): small enough to finish in minutes on 2 CPU cores.
 DEMO_CLIPS ?= 280
 
-.PHONY: install demo test test-slow bench clean-demo
+.PHONY: install demo test test-slow bench
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)

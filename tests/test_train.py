@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import synthetic_cache as sc
+from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
 from egmf.pipeline.train import TrainConfig, Trainer, evaluate_run
@@ -47,7 +48,7 @@ def test_train_writes_a_self_describing_run_and_eval_scores_it(class_cache, tmp_
     assert config["modalities"] == ["audio", "visual", "text"]
     assert config["model"]["modality_dims"] == {"audio": 4, "visual": 3, "text": 8}  # read from the cache
     caches = json.loads((run / "caches.json").read_text())
-    assert caches[0]["fingerprint"] == __import__("egmf.cache.reader").cache.reader.Cache.open(class_cache).fingerprint
+    assert caches[0]["fingerprint"] == Cache.open(class_cache).fingerprint
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and "synthetic/emotion" in history[0]["dev"]
     assert (run / "model" / "adapter" / "adapter_config.json").exists()
@@ -132,7 +133,6 @@ def test_predict_a_clip_with_the_runs_own_encoders(tmp_path):
 
 
 def test_without_the_text_modality_the_prompt_has_no_transcript(class_cache):
-    from egmf.cache.reader import Cache
     from egmf.pipeline.data import load_split, task_of
     cache = Cache.open(class_cache)
     task = task_of(cache)
