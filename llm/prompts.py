@@ -1,8 +1,9 @@
 """Task prompts per language, answer formats, and the token ids the LLM reads and writes.
 
-A prompt is `[specials][K pseudo tokens]<head> <transcript><question>` and the answer follows it:
+A prompt is `[specials][K pseudo tokens][<turn> <earlier transcript>\n ...]<head> <transcript><question>` and
+the answer follows it (the earlier turns are those of the same dialogue, on dialogue corpora only):
 
-    en  [tokens]Transcript: I can't believe it!\nEmotion (neutral, surprise, ...): joy
+    en  [tokens]Before: Where were you?\nTranscript: I can't believe it!\nEmotion (neutral, surprise, ...): joy
     zh  [tokens]文本：真是太好了\n情绪（愤怒、厌恶、...）：高兴
     en  [tokens]Transcript: not bad at all\nSentiment score from -3.0 to 3.0: 1.2
 
@@ -32,7 +33,8 @@ class LabelLike(Protocol):
 
 @dataclass(frozen=True)
 class Template:
-    head: str  # after the pseudo tokens, before the transcript
+    head: str  # after the pseudo tokens (and the earlier turns), before the transcript
+    turn: str  # before each earlier transcript of the dialogue; the turn ends with a newline
     text_prefix: str  # joins head and transcript: a space where the language separates words
     classify: str  # the question for a class label: {name} {choices}
     score: str  # the question for a score: {name} {low} {high}
@@ -42,9 +44,10 @@ class Template:
 
 
 TEMPLATES = {
-    "en": Template(head="Transcript:", text_prefix=" ", classify="\n{name} ({choices}):",
+    "en": Template(head="Transcript:", turn="Before:", text_prefix=" ", classify="\n{name} ({choices}):",
                    score="\n{name} score from {low} to {high}:", separator=", ", answer_prefix=" "),
-    "zh": Template(head="文本：", text_prefix="", classify="\n{name}（{choices}）：", score="\n{name}分数（{low}到{high}）：",
+    "zh": Template(head="文本：", turn="前文：", text_prefix="", classify="\n{name}（{choices}）：",
+                   score="\n{name}分数（{low}到{high}）：",
                    separator="、", answer_prefix="", names={"emotion": "情绪", "sentiment": "情感"}),
 }
 
@@ -69,9 +72,10 @@ def _display_name(label: LabelLike, template: Template) -> str:
 class Prompter:
     """Token ids of prompts and answers for the model's tasks (a task = one label of one corpus)."""
 
-    def __init__(self, tokenizer, labels: list[LabelLike], n_tokens: int, max_text_tokens: int):
+    def __init__(self, tokenizer, labels: list[LabelLike], n_tokens: int, max_text_tokens: int,
+                 max_history_tokens: int = 0):
         self.tokenizer, self.labels = tokenizer, labels
-        self.n_tokens, self.max_text_tokens = n_tokens, max_text_tokens
+        self.n_tokens, self.max_text_tokens, self.max_history_tokens = n_tokens, max_text_tokens, max_history_tokens
         # Whatever the tokenizer puts before a text (a BOS for Llama-style ones, nothing for SmolLM2).
         self.specials = tokenizer.encode("", add_special_tokens=True)
         self._fixed: dict[tuple[int, str], tuple[list[int], list[int], list[list[int]]]] = {}
@@ -104,12 +108,20 @@ class Prompter:
             self._fixed[key] = (self._encode(template.head), self._encode(question), answers)
         return self._fixed[key]
 
-    def prompt(self, task: int, language: str, text: str) -> list[int]:
+    def prompt(self, task: int, language: str, text: str, history: list[str] = ()) -> list[int]:
         """The prompt's ids with PLACEHOLDER where the K pseudo tokens go; the transcript is cut to
-        max_text_tokens."""
+        max_text_tokens, and history (earlier transcripts, oldest first) keeps its most recent turns that
+        fit in max_history_tokens."""
         head, question, _ = self._pieces(task, language)
-        transcript = self._encode(self._template(language).text_prefix + text)[: self.max_text_tokens]
-        return self.specials + [PLACEHOLDER] * self.n_tokens + head + transcript + question
+        template = self._template(language)
+        transcript = self._encode(template.text_prefix + text)[: self.max_text_tokens]
+        earlier: list[int] = []
+        for turn in reversed(history):
+            ids = self._encode(f"{template.turn}{template.text_prefix}{turn}\n")
+            if len(earlier) + len(ids) > self.max_history_tokens:
+                break
+            earlier = ids + earlier
+        return self.specials + [PLACEHOLDER] * self.n_tokens + earlier + head + transcript + question
 
     def answer_ids(self, task: int, language: str) -> list[list[int]]:
         """Token ids of every valid answer, in the order of answers(task)."""

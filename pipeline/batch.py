@@ -1,7 +1,7 @@
 """The unit stage two works on: a padded batch of cached features with its prompts' inputs and targets."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,8 @@ class Batch:
     task: torch.Tensor  # (B,) long: index into the model's task list
     targets: list  # class index (int) or score (float) per row
     rows: torch.Tensor  # (B,) long: row indices in the cache, for reports
+    # Per row: the transcripts of the preceding turns of its dialogue, oldest first (empty outside dialogues).
+    history: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -38,4 +40,4 @@ class Batch:
     def to(self, device) -> "Batch":
         move = lambda d: {k: v.to(device) for k, v in d.items()}
         return Batch(move(self.features), move(self.masks), move(self.context), self.context_mask.to(device),
-                     self.texts, self.languages, self.task.to(device), self.targets, self.rows)
+                     self.texts, self.languages, self.task.to(device), self.targets, self.rows, self.history)

@@ -49,8 +49,11 @@ def train(
     modalities: str = typer.Option(None, help="Comma-separated subset, e.g. text or audio,visual"),
     lr: float = typer.Option(1e-3, help="Learning rate of the fusion and the LoRA weights"),
     lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's)"),
+    history_tokens: int = typer.Option(None, help="Dialogue corpora: token budget for the earlier turns' "
+                                                  "transcripts in the prompt, 0 = none (default: 48)"),
     batch_size: int = typer.Option(8),
     patience: int = typer.Option(3, help="Early stopping: epochs without a better dev score"),
+    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints a killed run resumes from"),
     seed: int = typer.Option(0),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 1,2,3: one run each in OUT/seed-N, then mean ± std"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
@@ -61,8 +64,9 @@ def train(
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                       modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
-                      batch_size=batch_size, patience=patience, seed=seed, device=device,
-                      precision=precision)
+                      batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
+                      device=device, precision=precision,
+                      overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
     try:
         result = train_seeds(cfg, _seeds(seed, seeds))
     except (CacheError, FileNotFoundError, OSError, FloatingPointError) as e:

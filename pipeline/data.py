@@ -2,7 +2,7 @@
 
 A split of a cache is read once (one bulk read per shard); batches are then cut from memory, so a training
 step never waits on storage. For dialogue corpora each row also gets the mean-pooled features of the
-preceding turns of its dialogue (the global context expert's input).
+preceding turns of its dialogue (the global context expert's input) and their transcripts (the prompt's).
 """
 from __future__ import annotations
 
@@ -97,10 +97,11 @@ def collate(data: SplitData, index: np.ndarray, pooled: dict[str, np.ndarray]) -
         # Context: the pooled features of the preceding turns; absent turns are zeros behind a False mask.
         context[m] = torch.from_numpy(np.where(ctx[..., None] >= 0, pooled[m][np.maximum(ctx, 0)], 0.0)
                                       .astype(np.float32))  # (B, C, D)
+    history = [[data.texts[j] for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
     return Batch(features, masks, context, torch.from_numpy(ctx >= 0),
                  [data.texts[i] for i in index], [data.languages[i] for i in index],
                  torch.full((len(index),), data.task, dtype=torch.long), [data.targets[i] for i in index],
-                 torch.from_numpy(data.rows[index]))
+                 torch.from_numpy(data.rows[index]), history)
 
 
 class BatchStream:

@@ -67,6 +67,22 @@ def test_prompts_per_language_and_task(tiny, prompter):
         prompter.prompt(0, "fr", "bonjour")
 
 
+def test_earlier_turns_keep_the_most_recent_that_fit(tiny, prompter):
+    tokenizer = tiny[1]
+    cost = lambda text: len(tokenizer.encode(f"Before: {text}\n", add_special_tokens=False))
+    with_history = Prompter(tokenizer, [EMOTION, GANZHI], n_tokens=K, max_text_tokens=32,
+                            max_history_tokens=cost("second one") + cost("third"))
+    ids = with_history.prompt(0, "en", "now", ["first of all", "second one", "third"])
+    assert ids[:K] == [PLACEHOLDER] * K
+    assert visible(tokenizer, ids) == ("Before: second one\nBefore: third\nTranscript: now\n"
+                                       "Emotion (neutral, joy, anger):")
+    zh = with_history.prompt(1, "zh", "好", ["你呢"])
+    assert visible(tokenizer, zh) == "前文：你呢\n文本：好\n情绪（愤怒、高兴）："
+    # A most recent turn longer than the budget leaves the history out rather than cutting it mid-sentence.
+    assert with_history.prompt(0, "en", "now", ["first", "word " * 50]) == with_history.prompt(0, "en", "now")
+    assert prompter.prompt(0, "en", "now", ["first"]) == prompter.prompt(0, "en", "now")  # no budget, no history
+
+
 def test_score_answers_targets_and_parsing(prompter):
     mosei = score_strings(-3.0, 3.0)
     assert len(mosei) == 61 and mosei[0] == "-3.0" and mosei[-1] == "3.0" and "-0.0" not in mosei

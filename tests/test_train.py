@@ -40,13 +40,15 @@ def score_cache(tmp_path_factory):
 def test_train_writes_a_self_describing_run_and_eval_scores_it(class_cache, tmp_path):
     run = tmp_path / "run"
     r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(run), "--preset", "tiny",
-                                  "--epochs", "2", "--batch-size", "8"])
+                                  "--epochs", "2", "--batch-size", "8", "--history-tokens", "12",
+                                  "--checkpoint-every", "3"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output[r.output.index("{"):])
     assert summary["steps"] == 2 * 2 and summary["trainable_parameters"] > 0  # 10 train rows, batch 8
     config = json.loads((run / "config.json").read_text())
     assert config["modalities"] == ["audio", "visual", "text"]
     assert config["model"]["modality_dims"] == {"audio": 4, "visual": 3, "text": 8}  # read from the cache
+    assert config["model"]["max_history_tokens"] == 12 and config["train"]["checkpoint_every"] == 3
     caches = json.loads((run / "caches.json").read_text())
     assert caches[0]["fingerprint"] == Cache.open(class_cache).fingerprint
     history = json.loads((run / "metrics.json").read_text())["history"]
@@ -132,9 +134,16 @@ def test_predict_a_clip_with_the_runs_own_encoders(tmp_path):
     assert "expert gates: local" in r.output
 
 
-def test_without_the_text_modality_the_prompt_has_no_transcript(class_cache):
-    from egmf.pipeline.data import load_split, task_of
+def test_transcripts_and_earlier_turns_reach_the_prompt_only_with_the_text_modality(class_cache):
+    from egmf.pipeline.data import BatchStream, load_split, task_of
     cache = Cache.open(class_cache)
     task = task_of(cache)
-    assert load_split(cache, "train", ["text"], task, 0).texts[0] == "utterance 0 你好"
-    assert set(load_split(cache, "train", ["audio", "visual"], task, 0).texts) == {""}
+    with_text = load_split(cache, "train", ["text"], task, 0, context_turns=2)
+    assert with_text.texts[0] == "utterance 0 你好"
+    # Train rows are 0, 3, 6, ...; dialogues hold rows 4k..4k+3, so row 3 follows row 0 and row 15 row 12.
+    batch = next(iter(BatchStream([with_text], len(with_text), shuffle=False)))
+    assert batch.history[1] == ["utterance 0 你好"] and batch.history[5] == ["utterance 12 你好"]
+    assert batch.history[0] == batch.history[2] == []
+    without = load_split(cache, "train", ["audio", "visual"], task, 0, context_turns=2)
+    assert set(without.texts) == {""}
+    assert next(iter(BatchStream([without], len(without), shuffle=False))).history == [[]] * len(without)
