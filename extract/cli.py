@@ -1,21 +1,17 @@
 """`egmf-extract`: run the frozen encoders over a corpus once and write a feature cache."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import transformers
 import typer
 
 from egmf.cache.schema import MODALITIES, CacheError
 from egmf.extract import datasets
+from egmf.extract.models import quiet_loaders
 from egmf.extract.records import DatasetError
 from egmf.extract.run import EXIT_FAILED, ExtractConfig, extract
 
-# Our own tqdm bars report progress; the per-file bars of transformers' loaders are noise at every start.
-transformers.utils.logging.disable_progress_bar()
-# peft 0.21 still calls an attribute that transformers 5 deprecates; nothing a user can act on.
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+quiet_loaders()
 
 app = typer.Typer(add_completion=False)
 

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def _package_dir(ref: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"model {ref!r}: package {module!r} has no folder {sub!r} ({path})")
     return path
+
+
+def quiet_loaders() -> None:
+    """For the command-line tools: their own tqdm bars report progress, so the per-file bars of transformers'
+    loaders are noise at every start; and peft 0.21 still calls an attribute that transformers 5 deprecates,
+    a warning nothing a user can act on."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 
 def weights_sha256(directory: Path) -> str:

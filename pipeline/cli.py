@@ -2,25 +2,15 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
-import transformers
 import typer
 
 from egmf.cache.schema import CacheError
+from egmf.extract.models import quiet_loaders
 from egmf.pipeline.metrics import format_table
 
-
-
-def quiet_libraries():
-    # Our own tqdm bars report progress; the per-file bars of transformers' loaders are noise at every start.
-    transformers.utils.logging.disable_progress_bar()
-    # peft 0.21 still calls an attribute that transformers 5 deprecates; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-
-
-quiet_libraries()
+quiet_loaders()
 
 train_app = typer.Typer(add_completion=False)
 eval_app = typer.Typer(add_completion=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
+from egmf.extract.models import quiet_loaders
 from egmf.extract.run import ExtractConfig, extract
-from egmf.pipeline.cli import quiet_libraries
 from egmf.pipeline.metrics import format_table
 from egmf.pipeline.train import TrainConfig, Trainer, evaluate_run
 
@@ -59,7 +59,7 @@ def main(clips: int = typer.Option(280, help="Demo clips (a multiple of 7; split
          model: str = typer.Option("offline", help="Model preset (offline: SmolLM2-135M GGUF; tiny: random)"),
          encoders: str = typer.Option("offline", help="Extraction preset"),
          runs: Path = typer.Option(Path("runs/demo"), help="Where the run folders go")):
-    quiet_libraries()
+    quiet_loaders()
     cfg = DemoConfig(clips=clips, epochs=epochs, model=model, encoders=encoders, runs=runs,
                      cache=f"cache/demo-{clips}-{encoders}")
     t0 = time.perf_counter()
