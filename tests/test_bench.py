@@ -7,8 +7,11 @@ from typer.testing import CliRunner
 
 from egmf.cache.mmsa import load_pickle
 from egmf.cache.reader import Cache
-from egmf.pipeline.bench import (MOSEI, README_END, README_START, BenchConfig, bench_app, check, markdown_table,
-                                 read_probe, run_benchmarks, update_readme, write_synthetic_mosei)
+from egmf.pipeline.bench.cli import bench_app
+from egmf.pipeline.bench.common import check
+from egmf.pipeline.bench.report import (README_END, README_START, BenchConfig, markdown_table, run_benchmarks,
+                                        update_readme)
+from egmf.pipeline.bench.storage import MOSEI, read_probe, write_synthetic_mosei
 
 runner = CliRunner()
 ROWS = {"train": 5, "valid": 2, "test": 3}

@@ -1,0 +1,191 @@
+"""Benchmarks 1 and 5: a training epoch from the cache against the same epoch from raw media, and the share of
+step time spent waiting for data."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .common import Workspace, check, result
+from .extraction import warm_up
+
+
+def fresh_model(cache, task, preset: str, seed: int):
+    from egmf.pipeline.model import EGMF
+    from egmf.pipeline.presets import model_config
+    from egmf.pipeline.train import seed_everything
+
+    seed_everything(seed)
+    return EGMF(model_config(preset, {m: e.dim for m, e in cache.encoders.items()}, [task]))
+
+
+def train_epochs(runs: dict) -> dict:
+    """Optimiser steps as the Trainer makes them over each run's batches, one step of each run in turn, so that
+    all runs see the same background load (the machine may be shared). runs: name -> (model, batches).
+    Returns per run the seconds of its own steps, the part of them spent waiting for a batch, and the steps."""
+    import torch
+
+    from egmf.pipeline.train import TrainConfig
+
+    live, out = {}, {}
+    for name, (model, batches) in runs.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=TrainConfig.lr, weight_decay=TrainConfig.weight_decay)
+        model.train()
+        live[name] = (model, params, opt, iter(batches))
+        out[name] = {"seconds": 0.0, "data_seconds": 0.0, "steps": 0}
+    while live:
+        for name, (model, params, opt, batches) in list(live.items()):
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                del live[name]
+                continue
+            out[name]["data_seconds"] += time.perf_counter() - tick
+            loss = model(batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
+            opt.step()
+            out[name]["seconds"] += time.perf_counter() - tick
+            out[name]["steps"] += 1
+    return out
+
+
+def load_train_split(url: str, context_turns: int):
+    """(cache, task, split data) of the training rows; the time it takes is part of a cache epoch."""
+    from egmf.cache.reader import Cache
+    from egmf.pipeline.data import load_split, task_of
+
+    cache = Cache.open(url)
+    task = task_of(cache)
+    return cache, task, load_split(cache, "train", list(cache.modalities), task, 0, context_turns)
+
+
+def padded(rows: list, spec) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder outputs (T_i, D) or None, zero-padded to the cache's (n, T, D) float16 layout, with lengths."""
+    out = np.zeros((len(rows), spec.max_steps, spec.dim), np.float16)  # (n, T, D)
+    lengths = np.zeros(len(rows), np.int32)
+    for i, x in enumerate(rows):
+        if x is not None:
+            out[i, : len(x)], lengths[i] = x, len(x)
+    return out, lengths
+
+
+def media_batches(utts: list, encoders: dict, task, batch_size: int, context_turns: int, timings: dict):
+    """Batches made the way a pipeline without a cache makes them: every clip of every batch decoded (a thread
+    pool, as egmf-extract decodes) and run through the encoders (batched), then padded and collated like the
+    cache's rows. timings accumulates seconds per stage: decode and each modality."""
+    from egmf.extract.run import ExtractConfig, encode_block, submit_decodes
+    from egmf.pipeline.data import SplitData, collate
+
+    with ThreadPoolExecutor(ExtractConfig.decode_threads) as pool:
+        for a in range(0, len(utts), batch_size):
+            chunk = utts[a: a + batch_size]
+            n = len(chunk)
+            tick = time.perf_counter()
+            clips = [d.result() if d is not None else None for d in submit_decodes(pool, chunk, encoders)]
+            timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - tick
+            features, lengths = {}, {}
+            for m, enc in encoders.items():
+                tick = time.perf_counter()
+                rows = encode_block(chunk, clips, {m: enc}, batch_size)[0][m]
+                timings[m] = timings.get(m, 0.0) + time.perf_counter() - tick
+                features[m], lengths[m] = padded(rows, enc.spec)
+            data = SplitData(features, lengths, np.full((n, context_turns), -1, np.int64),
+                             [u.text for u in chunk], [u.language for u in chunk],
+                             [u.labels[task.label.name] for u in chunk], np.arange(n), 0)
+            yield collate(data, np.arange(n), data.pooled())
+
+
+def bench_cache_vs_media(ws: Workspace) -> dict:
+    """1: one training epoch on the demo corpus reading the cache, against the same epoch from raw media."""
+    from egmf.cache.schema import features_fingerprint
+    from egmf.extract.datasets.demo import DemoConfig
+    from egmf.pipeline.data import BatchStream
+    from egmf.pipeline.train import TrainConfig
+
+    s, context, clip = ws.sizes, TrainConfig.context_turns, DemoConfig()
+    url = ws.demo_cache()
+    _, corpus = ws.demo(s.demo_clips)
+    encoders = ws.encoders(corpus)
+
+    tick = time.perf_counter()
+    cache, task, data = load_train_split(url, context)
+    stream = BatchStream([data], s.batch_size, shuffle=False)
+    load_seconds = time.perf_counter() - tick
+    if features_fingerprint({m: e.spec for m, e in encoders.items()}) != cache.features_fingerprint:
+        raise RuntimeError(f"{url}: the demo cache was not made by the {s.encoders} encoders this run loaded")
+    by_id = {u.id: u for u in corpus.utterances}
+    utts = [by_id[i] for i in cache.meta["id"][data.rows]]
+    warm_up(utts[: s.batch_size], encoders, s.batch_size)
+    train_epochs({"warm-up": (fresh_model(cache, task, s.model, ws.seed), [next(iter(stream))])})
+
+    ws.say("1: an epoch from the cache and the same epoch decoding and encoding every clip, step by step in turn")
+    stages: dict[str, float] = {}
+    epochs = train_epochs({"cache": (fresh_model(cache, task, s.model, ws.seed), stream),
+                           "media": (fresh_model(cache, task, s.model, ws.seed),
+                                     media_batches(utts, encoders, task, s.batch_size, context, stages))})
+    from_cache, from_media = epochs["cache"], epochs["media"]
+    cache_seconds = load_seconds + from_cache["seconds"]
+
+    steps = from_cache["steps"]
+    model_seconds = from_cache["seconds"] - from_cache["data_seconds"]  # optimiser steps alone
+    media_input = from_media["data_seconds"]
+    speedup = from_media["seconds"] / cache_seconds
+    measured = {"clips": len(utts), "steps": steps, "batch_size": s.batch_size,
+                "cache_epoch_seconds": cache_seconds, "cache_load_seconds": load_seconds, "cache_epoch": from_cache,
+                "media_epoch_seconds": from_media["seconds"], "media_epoch": from_media,
+                "media_input_seconds": stages, "demo_extraction_seconds": ws.extraction_seconds}
+    if ws.extraction_seconds is not None and from_media["seconds"] > cache_seconds:
+        # Extracting once pays for itself after this many epochs.
+        measured["break_even_epochs"] = ws.extraction_seconds / (from_media["seconds"] - cache_seconds)
+    step_ms, input_ms = model_seconds / steps * 1000, media_input / steps * 1000
+    per_batch = ", ".join(f"{k} {v / steps * 1000:.0f}" for k, v in stages.items())
+    bound = [f"The model step itself takes {step_ms:.0f} ms per batch of {s.batch_size} "
+             f"({model_seconds / cache_seconds:.0%} of the cache epoch), while decoding and encoding add "
+             f"{input_ms:.0f} ms per batch ({per_batch}); so even if reading the cache cost nothing, the speed-up "
+             f"could not exceed 1 + {input_ms:.0f}/{step_ms:.0f} = {1 + input_ms / step_ms:.1f}x.",
+             f"The ratio grows with the encoders' cost per clip: the {s.encoders} preset's encoders are small "
+             f"models sized for CPU tests, and the demo clips are short and small ({clip.min_seconds:g}-"
+             f"{clip.max_seconds:g} s, {clip.size}x{clip.size} px)."]
+    setup = (f"demo corpus, {len(utts)} training clips, batch {s.batch_size}; model preset {s.model}; "
+             f"encoder preset {s.encoders}; cache epoch includes opening the cache and loading the split")
+    return result("Stage two: an epoch from the cache vs from raw media", setup,
+                  [check("speed-up from the cache", speedup, 100)], measured, bound)
+
+
+def bench_input_pipeline(ws: Workspace) -> dict:
+    """5: the share of training step time spent waiting for data, and whether the Trainer's own number says so."""
+    from egmf.pipeline.data import BatchStream
+    from egmf.pipeline.train import TrainConfig, Trainer
+
+    s = ws.sizes
+    url = ws.demo_cache()
+    ws.say("5: an epoch timing every wait for a batch")
+    cache, task, data = load_train_split(url, TrainConfig.context_turns)
+    stream = BatchStream([data], s.batch_size, shuffle=True, seed=ws.seed)
+    train_epochs({"warm-up": (fresh_model(cache, task, s.model, ws.seed), [next(iter(stream))])})
+    epoch = train_epochs({"cache": (fresh_model(cache, task, s.model, ws.seed), stream)})["cache"]
+    fraction = epoch["data_seconds"] / epoch["seconds"]
+
+    ws.say("5: the same epoch through the Trainer")
+    summary = Trainer(TrainConfig(caches=[url], out=str(ws.root / "train-run"), preset=s.model, epochs=1,
+                                  batch_size=s.batch_size, seed=ws.seed, progress=False)).fit()
+    trainer_fraction, fit_seconds = summary["data_wait_fraction"], summary["seconds"]
+    agrees = abs(trainer_fraction - fraction) <= max(0.005, 0.25 * fraction)
+    verdict = (f"Trainer.fit's data_wait_fraction is {trainer_fraction:.2%}: {trainer_fraction * fit_seconds:.2f} s"
+               f" of waiting (this loop: {epoch['data_seconds']:.2f} s) over its {fit_seconds:.1f} s of fit, "
+               f"which also hold the dev evaluation and checkpoints (this loop: {epoch['seconds']:.1f} s of steps "
+               "and waits). " + ("Both give the same share." if agrees else
+                                 "The shares differ: the Trainer's is a share of the whole fit, not of step time."))
+    measured = {"epoch": epoch, "steps": epoch["steps"], "trainer_summary_seconds": fit_seconds,
+                "trainer_data_wait_fraction": trainer_fraction, "trainer_agrees": agrees,
+                "trainer_check": verdict}
+    bound = [f"Data waits are {epoch['data_seconds'] / epoch['steps'] * 1000:.1f} ms per batch against "
+             f"{(epoch['seconds'] - epoch['data_seconds']) / epoch['steps'] * 1000:.1f} ms per step: batches are "
+             "cut and padded from RAM in the training process, between steps."]
+    setup = f"demo cache, model preset {s.model} (the cheapest step, the strictest test), batch {s.batch_size}"
+    return result("Training input pipeline: waiting for data", setup,
+                  [check("share of step time waiting for data", fraction, 0.02, "<", "fraction")], measured, bound)
