@@ -114,7 +114,7 @@ def decode_clip(path, *, fps: float, max_frames: int, sample_rate: int = 16000, 
                 problems[modality] = "no audio track" if modality == "audio" else "no video track"
                 continue
             stream = tracks[modality][0]
-            span = _span(container, stream, start, end)
+            span = _span(path, container, stream, start, end)
             if span[0] >= span[1]:
                 problems[modality] = f"span {start}-{end} s lies outside the track, which ends at {span[1]:.2f} s"
                 continue
@@ -247,21 +247,37 @@ class _FrameReader:
         return np.stack(self.picked), None  # (N, h, w, 3)
 
 
-def _span(container, stream, start: float | None, end: float | None) -> tuple[float, float]:
-    """The seconds of this track to read: the requested span clipped to the track's declared extent."""
+def _span(path: Path, container, stream, start: float | None, end: float | None) -> tuple[float, float]:
+    """The seconds of this track to read: the requested span clipped to the track's extent."""
     first = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     if stream.duration is not None:
         last = first + float(stream.duration * stream.time_base)
     elif container.duration is not None:
         last = container.duration / 1_000_000
     else:
-        last = math.inf  # no declared length (raw streams): read to the end, nothing to check against
+        last = first + _measured_length(path, stream.index)
     lo = first if start is None else max(first, start)
-    return lo, last if end is None else min(last, end)
+    return lo, min(last, end) if end is not None else last
+
+
+def _measured_length(path: Path, index: int) -> float:
+    """Seconds of a track whose container declares no length (raw .h264, .mjpeg streams): the sum of its
+    packets' durations, found by demuxing without decoding. Packets with no duration count one frame period."""
+    with av.open(str(path), metadata_errors="replace") as probe:
+        stream = probe.streams[index]
+        rate = getattr(stream, "average_rate", None) or getattr(stream, "guessed_rate", None) or 25  # video only
+        seconds = 0.0
+        try:
+            for packet in probe.demux(stream):
+                if packet.size:  # the demuxer ends with an empty flush packet
+                    seconds += float(packet.duration * packet.time_base) if packet.duration else 1.0 / float(rate)
+        except av.FFmpegError:
+            pass  # damaged past here: the decoding pass reports it
+    return seconds
 
 
 def _lost_tail(decoded_until: float, span: tuple[float, float]) -> str | None:
-    if math.isfinite(span[1]) and decoded_until < span[1] - LOST_TAIL_TOLERANCE_S:
+    if decoded_until < span[1] - LOST_TAIL_TOLERANCE_S:
         return f"truncated or corrupt: readable to {decoded_until:.2f} s of {span[1]:.2f} s"
     return None
 

@@ -1,4 +1,5 @@
 """Media decoding: what comes out of real mp4 clips, and what comes out of broken ones."""
+import av
 import numpy as np
 import pytest
 
@@ -53,6 +54,21 @@ def test_span_of_a_longer_video(counting_clip):
     assert clip.audio.shape == (16000,)
     whole = decode_clip(counting_clip, fps=1, max_frames=1, want_frames=False).audio
     assert np.corrcoef(whole[16000:32000], clip.audio)[0, 1] > 0.99
+
+
+def test_raw_stream_without_a_declared_length_is_measured(tmp_path):
+    """A raw H.264 stream declares no duration and its frames carry no timestamps: it is read whole."""
+    path = tmp_path / "counting.h264"
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(50):
+            grey = np.full((48, 64, 3), 3 * i, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(grey, format="rgb24")))
+        out.mux(stream.encode(None))
+    clip = decode_clip(path, fps=5, max_frames=100, want_audio=False)
+    assert clip.problems == {}
+    assert frame_indices(clip.frames) == [2, 7, 12, 17, 22, 27, 32, 37, 42, 47]  # 2 s at 5 fps, centred
 
 
 def test_frames_scaled_down_never_up(tmp_path):
