@@ -50,11 +50,15 @@ class Header:
                 f"{where}: cache schema version {got}, this egmf reads version {SCHEMA_VERSION}. "
                 f"Fix: re-extract it with this egmf version (egmf-extract ... --out NEW_STORE), "
                 f"or use the egmf release that wrote it ({d.get('egmf_version', 'unknown')})")
-        return cls(
-            dataset=DatasetSpec.from_dict(d["dataset"]),
-            encoders={m: EncoderSpec.from_dict(e) for m, e in d["encoders"].items()},
-            n_rows=d["n_rows"], rows_per_shard=d["rows_per_shard"], ids_digest=d["ids_digest"],
-            schema_version=got, created=d["created"], egmf_version=d["egmf_version"])
+        try:
+            return cls(
+                dataset=DatasetSpec.from_dict(d["dataset"]),
+                encoders={m: EncoderSpec.from_dict(e) for m, e in d["encoders"].items()},
+                n_rows=d["n_rows"], rows_per_shard=d["rows_per_shard"], ids_digest=d["ids_digest"],
+                schema_version=got, created=d["created"], egmf_version=d["egmf_version"])
+        except (KeyError, TypeError) as e:
+            raise CacheError(f"{where}: the cache header is damaged ({type(e).__name__}: {e}). Fix: re-extract "
+                             "the store, or copy it again from where it was made") from None
 
     def differences(self, store: "Header") -> list[str]:
         """Why this header (a run's request) and a store's header do not describe the same content."""
@@ -78,3 +82,11 @@ class Header:
 
 def ids_digest(ids) -> str:
     return digest(list(map(str, ids)))
+
+
+def read_header(group, url: str) -> Header:
+    """The header of an opened store; a Zarr group without one (some other Zarr data) is refused."""
+    if ATTR not in group.attrs:
+        raise CacheError(f"{url} is a Zarr group but not an EGMF cache (no '{ATTR}' header). Fix: give a store "
+                         "written by egmf-extract or egmf-cache import-mmsa; to write a new one, an empty or new path")
+    return Header.from_json(dict(group.attrs[ATTR]), url)

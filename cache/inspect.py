@@ -7,19 +7,20 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
+from egmf.cache.layout import shard_blocks
 from egmf.cache.reader import Cache
 
 
-def store_size(url: str, storage_options: dict | None = None) -> int | None:
+def store_size(url: str) -> int | None:
     """Bytes on disk (or in the bucket); None where the filesystem cannot list (plain HTTP)."""
     try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url)
         return int(fs.du(path, total=True))
     except (NotImplementedError, OSError, ValueError):
         return None
 
 
-def info(cache: Cache, storage_options: dict | None = None) -> dict:
+def info(cache: Cache) -> dict:
     h = cache.header
     done = cache.done
     return {
@@ -41,7 +42,7 @@ def info(cache: Cache, storage_options: dict | None = None) -> dict:
         "schema_version": h.schema_version,
         "created": h.created,
         "egmf_version": h.egmf_version,
-        "size_bytes": store_size(cache.url, storage_options),
+        "size_bytes": store_size(cache.url),
     }
 
 
@@ -70,8 +71,7 @@ def verify(cache: Cache, progress: bool = True) -> VerifyReport:
     """Read every done row: decodable, finite, lengths within bounds, zero beyond each length."""
     report = VerifyReport()
     done = cache.done
-    s, n = cache.header.rows_per_shard, cache.n_rows
-    blocks = [(a, min(a + s, n)) for a in range(0, n, s) if done[a:min(a + s, n)].any()]
+    blocks = [(a, b) for a, b in shard_blocks(cache.n_rows, cache.header.rows_per_shard) if done[a:b].any()]
     all_lengths = {m: cache.lengths(m) for m in cache.encoders}
     for a, b in tqdm(blocks, desc="verify", unit="shard", disable=not progress):
         rows = np.arange(a, b)[done[a:b]]

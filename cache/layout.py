@@ -20,9 +20,19 @@ META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn")
 FEATURE_CODEC = ZstdCodec(level=3, checksum=True)
 
 
+def is_url(url) -> bool:
+    """A store behind an fsspec URL (s3://, http://, memory://), as opposed to a local path."""
+    return "://" in str(url)
+
+
+def shard_blocks(n_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    """[start, stop) of each shard's rows: the unit of writing, of resume and of verifying."""
+    return [(a, min(a + rows_per_shard, n_rows)) for a in range(0, n_rows, rows_per_shard)]
+
+
 def storage_options_for(url: str, storage_options: dict | None) -> dict | None:
     """fsspec options only make sense for URLs; a local path takes none."""
-    return storage_options if "://" in str(url) else None
+    return storage_options if is_url(url) else None
 
 
 def open_group(url, mode: str, storage_options: dict | None = None) -> zarr.Group:

@@ -26,17 +26,32 @@ LANGUAGES = {"mosei": "en", "mosi": "en", "sims": "zh", "sims-v2": "zh"}
 @dataclass
 class ImportReport:
     rows: int
-    neg_inf_replaced: dict[str, int]  # modality -> values that were -inf and became 0
+    neg_inf_replaced: dict[str, int]  # modality -> values that were -inf and became 0, in the rows written now
     per_split: dict[str, int]
 
 
-def _lengths(part: dict, modality: str, feats: np.ndarray) -> np.ndarray:
+def _lengths(part: dict, modality: str, lo: int, hi: int, feats: np.ndarray) -> np.ndarray:
+    """Lengths of rows lo..hi of one split, whose features are feats (n, T, D)."""
     key = f"{SOURCES[modality]}_lengths"
     if key in part:
-        return np.minimum(np.asarray(part[key], dtype=np.int64), feats.shape[1])
+        return np.minimum(np.asarray(part[key][lo:hi], dtype=np.int64), feats.shape[1])
     # Aligned pickles carry no lengths: a row ends after its last non-zero step.
     nonzero = np.abs(feats).sum(-1) > 0  # (n, T)
     return np.where(nonzero.any(1), feats.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 0)
+
+
+def _block(data: dict, modality: str, offsets: list[int], a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 features (b - a, T, D) and lengths of rows a..b, the splits' rows counted in SPLITS order.
+
+    One block at a time: the import never holds a float32 copy of every split next to the loaded pickle."""
+    feats, lengths = [], []
+    for k, s in enumerate(SPLITS):
+        lo, hi = max(a, offsets[k]) - offsets[k], min(b, offsets[k + 1]) - offsets[k]
+        if lo < hi:
+            x = np.asarray(data[s][SOURCES[modality]][lo:hi], np.float32)  # (n, T, D)
+            feats.append(x)
+            lengths.append(_lengths(data[s], modality, lo, hi, x))
+    return np.concatenate(feats), np.concatenate(lengths)  # a copy: -inf is replaced in it, not in the pickle
 
 
 def load_pickle(path: Path) -> dict:
@@ -60,6 +75,9 @@ def load_pickle(path: Path) -> dict:
 
 def import_mmsa(pkl: Path, out, dataset: str | None = None, rows_per_shard: int = 64,
                 progress: bool = True, storage_options: dict | None = None) -> ImportReport:
+    if dataset is not None and dataset not in RANGES:
+        raise ValueError(f"unknown dataset {dataset!r}. Fix: pass --dataset {' | '.join(RANGES)}, or leave it out "
+                         "to guess it from the label range")
     pkl = Path(pkl)
     data = load_pickle(pkl)
     labels_all = np.concatenate([np.asarray(data[s]["regression_labels"], np.float32).reshape(-1) for s in SPLITS])
@@ -90,17 +108,16 @@ def import_mmsa(pkl: Path, out, dataset: str | None = None, rows_per_shard: int 
             "dialogue": [""] * n_rows, "turn": [-1] * n_rows}
     writer = CacheWriter.create(out, spec, encoders, meta, labels, rows_per_shard, storage_options)
 
-    feats = {m: np.concatenate([np.asarray(data[s][src], np.float32) for s in SPLITS]) for m, src in SOURCES.items()}
-    lengths = {m: np.concatenate([_lengths(data[s], m, np.asarray(data[s][src])) for s in SPLITS])
-               for m, src in SOURCES.items()}
-    neg_inf = {}
-    for m, x in feats.items():
-        bad = np.isneginf(x)
-        neg_inf[m] = int(bad.sum())
-        x[bad] = 0.0  # MMSA's COVAREP audio uses -inf for silence; 0 is its padding value
+    offsets = np.cumsum([0] + [len(data[s]["id"]) for s in SPLITS]).tolist()  # split k: rows offsets[k]..[k+1]
+    neg_inf = dict.fromkeys(SOURCES, 0)
     for a, b in tqdm(writer.pending_blocks(), desc="import", unit="shard", disable=not progress):
-        block = {m: [feats[m][i, : lengths[m][i]] if lengths[m][i] > 0 else None for i in range(a, b)]
-                 for m in SOURCES}
-        problems = {m: ["" if lengths[m][i] > 0 else "empty in the pickle" for i in range(a, b)] for m in SOURCES}
+        block, problems = {}, {}
+        for m in SOURCES:
+            x, lengths = _block(data, m, offsets, a, b)
+            bad = np.isneginf(x)
+            neg_inf[m] += int(bad.sum())
+            x[bad] = 0.0  # MMSA's COVAREP audio uses -inf for silence; 0 is its padding value
+            block[m] = [x[i, : n] if n > 0 else None for i, n in enumerate(lengths)]
+            problems[m] = ["" if n > 0 else "empty in the pickle" for n in lengths]
         writer.write_block(a, block, problems)
     return ImportReport(n_rows, neg_inf, {sp: splits.count(sp) for sp in SPLITS.values()})

@@ -7,7 +7,7 @@ import os
 import dask.array as da
 import numpy as np
 
-from egmf.cache.header import ATTR, Header
+from egmf.cache.header import read_header
 from egmf.cache.layout import META_COLUMNS, open_group
 from egmf.cache.schema import CacheError
 
@@ -33,10 +33,7 @@ class Cache:
     def __init__(self, url, storage_options: dict | None = None):
         self.url = str(url)
         self.group = open_group(self.url, "r", storage_options)
-        if ATTR not in self.group.attrs:
-            raise CacheError(f"{self.url} is a Zarr group but not an EGMF cache (no '{ATTR}' header). "
-                             "Fix: pass a store written by egmf-extract or egmf-cache import-mmsa")
-        self.header = Header.from_json(dict(self.group.attrs[ATTR]), self.url)
+        self.header = read_header(self.group, self.url)
 
     @classmethod
     def open(cls, url, storage_options: dict | None = None) -> "Cache":

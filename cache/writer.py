@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from zarr.core.sync import sync
 
-from egmf.cache.header import ATTR, Header, ids_digest
-from egmf.cache.layout import FEATURE_CODEC, META_COLUMNS, open_group
+from egmf.cache.header import ATTR, Header, ids_digest, read_header
+from egmf.cache.layout import FEATURE_CODEC, META_COLUMNS, open_group, shard_blocks
 from egmf.cache.schema import MODALITIES, CacheError, DatasetSpec, EncoderSpec
 
 # Rows per compressed chunk inside a shard. One chunk per row made a full scan decode 49k chunks for a MOSEI-sized
@@ -65,8 +65,7 @@ class CacheWriter:
         return open_group(self.url, mode, self.storage_options)
 
     def blocks(self) -> list[tuple[int, int]]:
-        s, n = self.header.rows_per_shard, self.header.n_rows
-        return [(a, min(a + s, n)) for a in range(0, n, s)]
+        return shard_blocks(self.header.n_rows, self.header.rows_per_shard)
 
     def done(self) -> np.ndarray:
         return self._group("r")["done"][:]
@@ -146,12 +145,9 @@ def _existing_header(url: str, storage_options) -> Header | None:
         g = open_group(url, "r", storage_options)
     except CacheError:
         return None
-    if ATTR not in g.attrs:
-        if set(g.keys()) <= {"meta", "labels", "done", *MODALITIES}:
-            return None  # an interrupted create: made again from scratch
-        raise CacheError(f"{url} is a Zarr group but not an EGMF cache (no '{ATTR}' header). "
-                         "Fix: choose an empty or new --out path")
-    return Header.from_json(dict(g.attrs[ATTR]), url)
+    if ATTR not in g.attrs and set(g.keys()) <= {"meta", "labels", "done", *MODALITIES}:
+        return None  # an interrupted create: made again from scratch
+    return read_header(g, url)
 
 
 def _create_arrays(url, h: Header, meta: dict, labels: dict, storage_options):

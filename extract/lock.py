@@ -11,12 +11,13 @@ import fcntl
 import os
 from pathlib import Path
 
+from egmf.cache.layout import is_url
 from egmf.cache.schema import CacheError
 
 
 @contextlib.contextmanager
 def store_lock(url: str):
-    if "://" in str(url):
+    if is_url(url):
         yield
         return
     path = Path(f"{str(url).rstrip('/')}.lock")

@@ -203,3 +203,67 @@ def test_import_rejects_a_pickle_of_something_else(tmp_path):
         pickle.dump({"train": {}}, f)
     r = runner.invoke(app, ["import-mmsa", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "not an MMSA feature pickle" in r.output
+
+
+def test_import_refuses_an_unknown_dataset_name_with_the_choices(tmp_path):
+    _mmsa_pickle(tmp_path / "unaligned_50.pkl")
+    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s"),
+                            "--dataset", "MOSEI"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "unknown dataset 'MOSEI'" in r.output and "mosei | mosi | sims | sims-v2" in r.output
+
+
+def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monkeypatch):
+    """MOSEI's pickle is GBs: a float32 copy of every split next to it would double the import's peak memory."""
+    import tracemalloc
+
+    from egmf.cache import mmsa
+
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, n in (("train", 600), ("valid", 150), ("test", 150)):
+        data[split] = {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
+                       "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
+                       **{src: rng.standard_normal((n, 16, 128)).astype(np.float32)
+                          for src in ("audio", "vision", "text")}}
+    feature_bytes = sum(part[src].nbytes for part in data.values() for src in ("audio", "vision", "text"))
+    (tmp_path / "aligned_50.pkl").write_bytes(b"stands in for the pickle")
+    monkeypatch.setattr(mmsa, "load_pickle", lambda path: data)
+    tracemalloc.start()
+    try:
+        mmsa.import_mmsa(tmp_path / "aligned_50.pkl", tmp_path / "s", progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < feature_bytes / 3, f"peak {peak / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB of features"
+    c = Cache.open(tmp_path / "s")
+    text, lengths = c.features("text")
+    assert (lengths == 16).all()
+    np.testing.assert_array_equal(text[599:601], np.concatenate([data["train"]["text"][-1:],
+                                                                 data["valid"]["text"][:1]]).astype(np.float16))
+
+
+def test_a_zarr_group_that_is_no_egmf_cache_is_refused_by_reader_and_writer_alike(tmp_path):
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other"), mode="w").create_array("x", shape=(3,), dtype="int32")
+    with pytest.raises(CacheError, match=r"other is a Zarr group but not an EGMF cache .* Fix: give a store"):
+        Cache.open(tmp_path / "other")
+    with pytest.raises(CacheError, match=r"other is a Zarr group but not an EGMF cache .* Fix: give a store"):
+        sc.write(tmp_path / "other", n=4)
+
+
+def test_a_damaged_header_is_a_clear_error_naming_the_store(tmp_path):
+    import zarr
+
+    from egmf.cache.header import ATTR
+
+    sc.write(tmp_path / "store", n=4)
+    group = zarr.open_group(str(tmp_path / "store"), mode="r+")
+    header = dict(group.attrs[ATTR])
+    del header["encoders"]
+    group.attrs[ATTR] = header
+    with pytest.raises(CacheError, match=r"store: the cache header is damaged .*encoders.* Fix: re-extract"):
+        Cache.open(tmp_path / "store")
+    r = runner.invoke(app, ["info", str(tmp_path / "store")])
+    assert r.exit_code == 2 and "header is damaged" in r.output
