@@ -41,7 +41,9 @@ def main(
     batch_size: int = typer.Option(16, help="Clips per encoder call"),
     workers: int = typer.Option(1, help="Worker processes (a dask LocalCluster when > 1)"),
     threads: int = typer.Option(None, help="Torch threads per worker (default: cores / workers)"),
-    scheduler: str = typer.Option(None, help="Use a running dask cluster, e.g. tcp://10.0.0.5:8786"),
+    scheduler: str = typer.Option(None, help="Use a running dask cluster, e.g. tcp://10.0.0.5:8786. Its workers "
+                                             "write the store and read the clips themselves: --out and --root must "
+                                             "be paths (or URLs) that every worker sees"),
     limit: int = typer.Option(None, help="Only the first N utterances"),
     rows_per_shard: int = typer.Option(64, help="Rows per shard: the unit of parallel work and of resume"),
     part: str = typer.Option(None, help="sims-v2: supervised, unsupervised or all"),
@@ -53,11 +55,11 @@ def main(
         options["part"] = part
     cfg = ExtractConfig(dataset=dataset, root=root or Path("data") / dataset, out=out or f"cache/{dataset}",
                         preset=preset, modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
-                        device=device, batch_size=batch_size, workers=workers, threads=threads, scheduler=scheduler, limit=limit,
-                        rows_per_shard=rows_per_shard, dataset_options=options)
+                        device=device, batch_size=batch_size, workers=workers, threads=threads, scheduler=scheduler,
+                        limit=limit, rows_per_shard=rows_per_shard, dataset_options=options)
     try:
         summary = extract(cfg)
-    except (DatasetError, CacheError, KeyError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, CacheError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     typer.echo(summary.text())

@@ -50,7 +50,6 @@ RANDOM_MODELS = {
 class ModelSource:
     """A resolved reference: a local directory, or a hub id left for the family's library to fetch."""
 
-    ref: str  # the reference as written in the preset
     path: Path | None = None  # the directory holding the model files; None for a hub id
     hub_id: str | None = None
 
@@ -67,17 +66,17 @@ def models_home() -> Path:
 def resolve(ref: str) -> ModelSource:
     """Turn a model reference into a local directory (building random models on first use) or a hub id."""
     if ref.startswith(RANDOM_PREFIX):
-        return ModelSource(ref, path=build_random(ref[len(RANDOM_PREFIX):]))
+        return ModelSource(path=build_random(ref[len(RANDOM_PREFIX):]))
     if ref.startswith(PACKAGE_PREFIX):
-        return ModelSource(ref, path=_package_dir(ref))
+        return ModelSource(path=_package_dir(ref))
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
             raise FileNotFoundError(f"model {ref!r} is a file; give the directory that holds the model files")
-        return ModelSource(ref, path=path.resolve())
+        return ModelSource(path=path.resolve())
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise FileNotFoundError(f"model directory {ref!r} does not exist; fix the path in the preset")
-    return ModelSource(ref, hub_id=ref)
+    return ModelSource(hub_id=ref)
 
 
 def _package_dir(ref: str) -> Path:
@@ -118,11 +117,11 @@ def weights_sha256(directory: Path) -> str:
     return h.hexdigest()
 
 
-def hub_revision(repo_id: str, filename: str = "config.json", cache_dir: str | None = None) -> str:
+def hub_revision(repo_id: str, filename: str = "config.json") -> str:
     """'<repo>@<commit>' of the hub snapshot a loader has just fetched, read from the local hub cache."""
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    cached = try_to_load_from_cache(repo_id, filename)
     if not isinstance(cached, str):
         raise FileNotFoundError(f"hub model {repo_id!r}: {filename} is not in the local hub cache after loading; "
                                 f"check HF_HUB_CACHE, or download the model and give its directory instead")
@@ -130,7 +129,8 @@ def hub_revision(repo_id: str, filename: str = "config.json", cache_dir: str | N
 
 
 def weights_identity(source: ModelSource, hub_file: str = "config.json") -> str:
-    """EncoderSpec.weights: the sha256 of local weight files, or the revision of a hub model."""
+    """EncoderSpec.weights: the sha256 of local weight files, or the revision of a hub model (read from where
+    hub_file, a file its loader has fetched, lies in the local hub cache)."""
     if source.path is not None:
         return weights_sha256(source.path)
     return hub_revision(source.hub_id, hub_file)
@@ -143,7 +143,8 @@ def build_random(name: str) -> Path:
     first rename wins and the others discard their (identical) copy.
     """
     if name not in RANDOM_MODELS:
-        raise KeyError(f"unknown random model {name!r}; choose one of: {', '.join(RANDOM_MODELS)}")
+        raise ValueError(f"unknown random model {name!r}. Fix: use random:NAME with a NAME of "
+                         f"{', '.join(RANDOM_MODELS)}")
     recipe = RANDOM_MODELS[name]
     final = models_home() / name
     if not final.exists():

@@ -24,6 +24,7 @@ ENTRY_KEYS = {"family", "model", "max_steps", "params", "why"}
 @dataclass(frozen=True)
 class Preset:
     name: str
+    path: Path  # the JSON file it was read from
     description: str
     default: dict[str, EncoderConfig]  # modality -> encoder, for every language
     languages: dict[str, dict[str, EncoderConfig]] = field(default_factory=dict)  # language -> replacements
@@ -31,6 +32,18 @@ class Preset:
     def encoders(self, language: str) -> dict[str, EncoderConfig]:
         """modality -> encoder for a corpus in this language ("en", "zh", ...)."""
         return {**self.default, **self.languages.get(language, {})}
+
+    def encoders_for(self, language: str, modalities) -> dict[str, EncoderConfig]:
+        """As encoders(language), refused with the fix when the preset has no encoder for one of modalities."""
+        configs = self.encoders(language)
+        missing = [m for m in modalities if m not in configs]
+        if missing:
+            others = [m for m in modalities if m in configs]
+            leave_out = f", or leave them out with --modalities {','.join(others)}" if others else ""
+            raise ValueError(f"{self.path}: preset {self.name!r} has no encoder for {', '.join(missing)} (corpus "
+                             f"language {language}). Fix: add {', '.join(missing)} to the preset's \"encoders\""
+                             f"{leave_out}")
+        return configs
 
 
 def available() -> list[str]:
@@ -49,7 +62,7 @@ def load_preset(name: str) -> Preset:
     default = _entries(path, "encoders", data.get("encoders"))
     languages = {lang: _entries(path, f"languages.{lang}", entries)
                  for lang, entries in data.get("languages", {}).items()}
-    return Preset(path.stem, data.get("description", ""), default, languages)
+    return Preset(path.stem, path, data.get("description", ""), default, languages)
 
 
 def _entries(path: Path, where: str, entries) -> dict[str, EncoderConfig]:

@@ -13,6 +13,7 @@ import torch
 
 from egmf.cache.schema import EncoderSpec, digest
 from egmf.extract.encoders import POOLING, pool_steps
+from egmf.extract.records import DatasetError
 
 
 def load_npy(path: Path) -> np.ndarray:
@@ -27,8 +28,14 @@ def load_npy(path: Path) -> np.ndarray:
 
 class ReleasedFeatures:
     def __init__(self, dataset: str, modality: str, paths: list[Path], max_steps: int):
-        first = load_npy(paths[0])
-        fingerprint = digest(sorted((p.name, p.stat().st_size) for p in paths if p.exists()))
+        present = [Path(p) for p in paths if Path(p).is_file()]  # a missing file is a missing row, reported later
+        if not present:
+            raise DatasetError(paths[0], f"no {modality} feature file of the {len(paths)} the corpus lists exists "
+                                         "(this is the first)",
+                               f"put the release's {modality} .npy files in {Path(paths[0]).parent}, or leave "
+                               f"{modality} out with --modalities")
+        first = load_npy(present[0])  # the shape of every row: (T, D)
+        fingerprint = digest(sorted((p.name, p.stat().st_size) for p in present))
         self.max_steps = max_steps if first.shape[0] > 1 else 1
         self.spec = EncoderSpec(modality, "released", f"{dataset} release", fingerprint, first.shape[1],
                                 self.max_steps, {"pooling": POOLING})

@@ -1,9 +1,10 @@
 """The extraction run: a corpus in, a feature cache out, in shard-aligned blocks that resume after a kill.
 
-Each block (the rows of one shard) is decoded, encoded and written by one worker. Within a worker, clips are
-decoded by a thread pool (PyAV releases the GIL while decoding) while the encoders run on the previous block,
-so the encoders do not wait on decoding. Several workers run through dask.distributed: a LocalCluster by
-default, or an existing cluster given by its scheduler address.
+Each block (the rows of one shard) is decoded, encoded and written by one worker, its clips decoded by a
+thread pool (PyAV releases the GIL while decoding). In a single process the next block is decoded while the
+encoders run on this one, so the encoders do not wait on decoding; a dask worker decodes a block and then
+encodes it (process_block), and the overlap comes from running several workers. Those run through
+dask.distributed: a LocalCluster by default, or an existing cluster given by its scheduler address.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from egmf.cache.layout import is_url
 from egmf.cache.schema import MODALITIES, CacheError
 from egmf.cache.writer import CacheWriter
 from egmf.extract import datasets
@@ -78,7 +80,7 @@ class Summary:
         return out + (f"; skipped clips listed in {self.report}" if self.report else "")
 
 
-def select_modalities(corpus: Corpus, asked) -> tuple[str, ...]:
+def select_modalities(asked) -> tuple[str, ...]:
     bad = [m for m in asked if m not in MODALITIES]
     if bad:
         raise ValueError(f"unknown modalities {bad}; choose among {', '.join(MODALITIES)}")
@@ -96,10 +98,11 @@ def threads_per_worker(cfg: ExtractConfig) -> int:
 def extract(cfg: ExtractConfig) -> Summary:
     t0 = time.perf_counter()
     torch.set_num_threads(threads_per_worker(cfg))
-    corpus = datasets.get(cfg.dataset).load(Path(cfg.root), **cfg.dataset_options)
+    root = Path(cfg.root).absolute() if cfg.scheduler else Path(cfg.root)  # remote workers open the clips too
+    corpus = datasets.get(cfg.dataset).load(root, **cfg.dataset_options)
     utts = corpus.utterances[: cfg.limit] if cfg.limit else corpus.utterances
-    modalities = select_modalities(corpus, cfg.modalities)
-    preset_configs = load_preset(cfg.preset).encoders(main_language(corpus))
+    modalities = select_modalities(cfg.modalities)
+    preset_configs = load_preset(cfg.preset).encoders_for(main_language(corpus), modalities)
     released = {m for m in modalities if any(m in u.features for u in utts)}
     configs = {m: preset_configs[m] for m in modalities if m not in released}
     encoders = {m: cached_encoder(c, cfg.device) for m, c in configs.items()}
@@ -237,8 +240,10 @@ def _run_distributed(cfg: ExtractConfig, configs, jobs, bar):
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         client = Client(cluster)
+    # Workers resolve a relative path against their own working directory, on their own machine.
+    url = cfg.out if is_url(cfg.out) else str(Path(cfg.out).absolute())
     try:
-        futures = [client.submit(process_block, cfg.out, start, utts, configs, cfg.device, cfg.batch_size,
+        futures = [client.submit(process_block, url, start, utts, configs, cfg.device, cfg.batch_size,
                                  cfg.decode_threads, threads_per_worker(cfg), pure=False) for start, utts in jobs]
         for f in as_completed(futures):
             bar.update(f.result())
@@ -263,7 +268,7 @@ def _summarise(cfg, utts, already: int, extracted: int, seconds: float) -> Summa
         missing[m] = len(hit)
         rows += [(cache.meta["id"][i], str(utts[i].media or ""), m, probs[i]) for i in hit]
     report = None
-    if rows and "://" not in cfg.out:
+    if rows and not is_url(cfg.out):
         report = Path(f"{cfg.out.rstrip('/')}-skipped.csv")
         with open(report, "w", newline="") as f:
             w = csv.writer(f)

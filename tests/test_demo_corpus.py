@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import numpy as np
@@ -96,10 +97,20 @@ def test_load_generates_real_clips_once_and_again_for_other_parameters(tmp_path)
     assert (tmp_path / "a" / "labels.csv").read_bytes() != (tmp_path / "b" / "labels.csv").read_bytes()
 
 
-def test_a_missing_clip_is_an_error_that_names_it_and_the_fix(tmp_path):
+def test_a_missing_clip_or_a_bad_label_is_an_error_that_names_file_line_and_fix(tmp_path):
     corpus = demo.load(tmp_path, n_clips=21, progress=False)
+    labels = tmp_path / "labels.csv"
+    text = labels.read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("demo0003,"))
+    labels.write_text(text.replace(row, row.replace(f",{demo.plan(SMALL)[3].emotion},", ",happy,", 1)),
+                      encoding="utf-8")
+    (tmp_path / "manifest.json").write_text(json.dumps(demo._manifest(tmp_path, SMALL)))  # edited, not regenerated
+    with pytest.raises(DatasetError, match=r"labels\.csv, line 5: unknown emotion 'happy'.*Fix: use one of"):
+        demo.load(tmp_path, n_clips=21, progress=False)
+    labels.write_text(text, encoding="utf-8")
+    (tmp_path / "manifest.json").write_text(json.dumps(demo._manifest(tmp_path, SMALL)))
     corpus.utterances[5].media.unlink()
-    with pytest.raises(DatasetError, match=r"demo0005\.mp4.*manifest\.json"):
+    with pytest.raises(DatasetError, match=r"labels\.csv, line 7: clip .*demo0005\.mp4 missing.*manifest\.json"):
         demo.load(tmp_path, n_clips=21, progress=False)
 
 

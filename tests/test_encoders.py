@@ -166,7 +166,7 @@ def test_references_resolve(tmp_path):
         models.resolve("package:no_such_module_xyz/model")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.resolve(str(tmp_path / "missing"))
-    with pytest.raises(KeyError, match="wav2vec2-tiny"):
+    with pytest.raises(ValueError, match="wav2vec2-tiny"):
         models.resolve("random:no-such-model")
 
 

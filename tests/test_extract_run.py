@@ -1,6 +1,8 @@
 """The extraction run end to end: real mp4 clips, the tiny preset, the real store."""
 import csv
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,9 +11,10 @@ from typer.testing import CliRunner
 from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.cache.writer import CacheWriter
+from egmf.extract import datasets, presets
 from egmf.extract.cli import app
 from egmf.extract.lock import store_lock
-from egmf.extract.run import EXIT_OK, EXIT_PARTIAL, ExtractConfig, extract
+from egmf.extract.run import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ExtractConfig, extract
 from mediagen import BAD_KINDS, make_bad_clip, make_clip
 from shared_data import require_meld
 
@@ -116,7 +119,9 @@ def test_a_second_run_on_a_locked_store_is_refused(tmp_path):
                                  progress=False)).extracted == 8
 
 
-def test_cherma_released_features_are_imported_as_they_are(tmp_path):
+def write_cherma(root, missing=()) -> dict:
+    """A small CHERMA release in root, without the feature files named (utterance id, modality) in missing;
+    returns (utterance id, modality) -> the array written (or left out)."""
     entries = {"train": ["tv_0001", "tv_0002", "tv_0003"], "dev": ["tv_0004"], "test": ["tv_0005"]}
     rng = np.random.default_rng(0)
     arrays = {}
@@ -127,12 +132,17 @@ def test_cherma_released_features_are_imported_as_they_are(tmp_path):
                           "audio_label": "平静", "visual_label": "高兴", "video_label": "悲伤"})
             for modality, folder, suffix, dim in (("text", "text", ".npy", 1024), ("audio", "audio", ".npy", 1024),
                                                   ("visual", "visual", ".mp4.npy", 2048)):
-                (tmp_path / folder / split).mkdir(parents=True, exist_ok=True)
+                (root / folder / split).mkdir(parents=True, exist_ok=True)
                 x = rng.standard_normal(dim).astype(np.float32)
-                if not (modality == "audio" and name == "tv_0002"):  # one missing file
-                    np.save(tmp_path / folder / split / f"{name}{suffix}", x)
+                if (f"{split}/{name}", modality) not in missing:
+                    np.save(root / folder / split / f"{name}{suffix}", x)
                 arrays[(f"{split}/{name}", modality)] = x
-        (tmp_path / f"{split}.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+        (root / f"{split}.json").write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8")
+    return arrays
+
+
+def test_cherma_released_features_are_imported_as_they_are(tmp_path):
+    arrays = write_cherma(tmp_path, missing={("train/tv_0002", "audio")})
     summary = extract(ExtractConfig("cherma", tmp_path, str(tmp_path / "store"), preset="tiny", progress=False))
     assert summary.exit_code == EXIT_PARTIAL and summary.missing["audio"] == 1
     c = Cache.open(tmp_path / "store")
@@ -144,3 +154,84 @@ def test_cherma_released_features_are_imported_as_they_are(tmp_path):
     assert lengths[k] == 1
     assert c.lengths("audio")[ids.index("train/tv_0002")] == 0
     assert c.problems("audio")[ids.index("train/tv_0002")] == "feature file missing"
+
+
+def test_a_missing_first_cherma_feature_file_is_a_missing_row_and_none_at_all_an_error(tmp_path):
+    write_cherma(tmp_path / "a", missing={("train/tv_0001", "audio"), ("train/tv_0001", "visual")})
+    summary = extract(ExtractConfig("cherma", tmp_path / "a", str(tmp_path / "a.store"), preset="tiny",
+                                    progress=False))
+    assert summary.missing == {"audio": 1, "visual": 1, "text": 0}
+    c = Cache.open(tmp_path / "a.store")
+    assert c.encoders["visual"].dim == 2048 and c.problems("audio")[0] == "feature file missing"
+
+    write_cherma(tmp_path / "b", missing={(u, "audio") for u in ("train/tv_0001", "train/tv_0002", "train/tv_0003",
+                                                                  "dev/tv_0004", "test/tv_0005")})
+    r = runner.invoke(app, ["--dataset", "cherma", "--root", str(tmp_path / "b"), "--out", str(tmp_path / "b.store"),
+                            "--preset", "tiny"])
+    assert r.exit_code == EXIT_FAILED and "Traceback" not in r.output, r.output
+    assert f"{tmp_path / 'b' / 'audio' / 'train' / 'tv_0001.npy'}: no audio feature file" in r.output
+    assert "--modalities" in r.output
+
+
+def text_corpus(root, n=6) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "text", "label"])
+        w.writerows((f"c{i}", "", f"sentence number {i}", "joy" if i % 2 else "anger") for i in range(n))
+
+
+def test_a_scheduler_run_hands_its_workers_an_absolute_store_path(tmp_path, monkeypatch):
+    """Remote workers resolve a relative --out against their own working directory: the run must not."""
+    import dask.distributed
+
+    elsewhere = tmp_path / "worker-cwd"
+    elsewhere.mkdir()
+
+    class Future:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    class RemoteClient:  # runs each task at once, from another working directory, as a remote worker would
+        def __init__(self, address):
+            assert address == "tcp://scheduler:8786"
+
+        def submit(self, fn, *args, pure=True):
+            here = os.getcwd()
+            os.chdir(elsewhere)
+            try:
+                return Future(fn(*args))
+            finally:
+                os.chdir(here)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(dask.distributed, "Client", RemoteClient)
+    monkeypatch.setattr(dask.distributed, "as_completed", iter)
+    monkeypatch.chdir(tmp_path)
+    text_corpus(tmp_path / "corpus")
+    summary = extract(ExtractConfig("folder", "corpus", "store", preset="tiny", modalities=("text",),
+                                    scheduler="tcp://scheduler:8786", rows_per_shard=4, threads=1, progress=False))
+    assert summary.extracted == 6 and Cache.open(tmp_path / "store").done.all()
+    assert not (elsewhere / "store").exists()
+
+
+def test_a_preset_without_a_requested_modality_is_refused_naming_it_and_the_fix(tmp_path):
+    preset = json.loads((Path(presets.__file__).parent / "presets" / "tiny.json").read_text())
+    del preset["encoders"]["audio"]
+    (tmp_path / "textonly.json").write_text(json.dumps(preset))
+    text_corpus(tmp_path / "corpus")
+    with pytest.raises(ValueError, match=r"textonly\.json: preset 'textonly' has no encoder for audio.*"
+                                         r"--modalities visual,text"):
+        extract(ExtractConfig("folder", tmp_path / "corpus", str(tmp_path / "store"),
+                              preset=str(tmp_path / "textonly.json"), modalities=("audio", "visual", "text"),
+                              progress=False))
+    r = runner.invoke(app, ["--dataset", "folder", "--root", str(tmp_path / "corpus"), "--out",
+                            str(tmp_path / "store"), "--preset", str(tmp_path / "textonly.json")])
+    assert r.exit_code == EXIT_FAILED and "has no encoder for audio" in r.output, r.output
+    with pytest.raises(ValueError, match="unknown dataset 'nope'.*meld, sims-v2"):
+        datasets.get("nope")

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from egmf.cache.schema import DatasetSpec, LabelSpec
 from egmf.extract.media import write_mp4
-from egmf.extract.records import Corpus, DatasetError, Utterance
+from egmf.extract.records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
+                                  require_columns, validate)
 
 ADAPTER_VERSION = "1"  # bump when a change to the generator changes the clips or labels
 EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")  # MELD's order
@@ -386,16 +387,19 @@ def load(root, *, n_clips: int = 280, seed: int = 0, size: int = 96, fps: int = 
     cfg = DemoConfig(n_clips=n_clips, seed=seed, size=size, fps=fps)
     if not _is_generated(root, cfg):
         generate(root, cfg, progress)
-    labels = root / "labels.csv"
-    utterances = []
-    with open(labels, newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            media = root / "clips" / f"{row['id']}.mp4"
-            if not media.is_file():
-                raise DatasetError(media, "clip missing", f"delete {root / 'manifest.json'} and run again to "
-                                   "generate the demo corpus anew", line)
-            utterances.append(Utterance(
-                id=row["id"], split=row["split"], text=row["text"], language=row["language"],
-                labels={"emotion": EMOTIONS.index(row["emotion"]), "sentiment": float(row["sentiment"])},
-                media=media))
-    return Corpus(SPEC, utterances)
+    path = root / "labels.csv"
+    header, rows = read_csv(path)
+    require_columns(path, header, _COLUMNS)
+    utterances, origins = [], []
+    for line, row in rows:
+        media = root / "clips" / f"{row['id']}.mp4"
+        if not media.is_file():
+            raise DatasetError(path, f"clip {media} missing", f"delete {root / 'manifest.json'} and run again to "
+                               "generate the demo corpus anew", line=line)
+        utterances.append(Utterance(
+            id=row["id"], split=row["split"], text=row["text"], language=row["language"],
+            labels={"emotion": parse_class(path, line, "emotion", row["emotion"], EMOTIONS),
+                    "sentiment": parse_score(path, line, "sentiment", row["sentiment"])},
+            media=media))
+        origins.append((path, line))
+    return validate(Corpus(SPEC, utterances), origins)

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
 from egmf.cache.schema import file_sha256
-from egmf.extract.models import hub_revision, resolve, weights_sha256
+from egmf.extract.models import resolve, weights_identity
 
 DEFAULT_FPS = 2  # frames per second the media decoder samples, when a preset does not say
 DEFAULT_MAX_FRAMES = 32  # cap per clip: longer clips are sampled more sparsely
+HUB_CONFIG = "open_clip_config.json"  # the file open_clip reads first from a hub repo
 FRAME_CHUNK = 256  # frames per forward pass: large enough to keep a GPU busy, small enough for its memory
 
 
@@ -59,8 +60,12 @@ class CLIPImageEncoder:
                              f"{open_clip.list_pretrained_tags_by_model(config.model)}; fix the preset")
         source = resolve(config.model)
         if source.path is not None:
-            return f"local-dir:{source.path}", None, weights_sha256(source.path)
-        return f"hf-hub:{source.hub_id}", None, _hub_weights(source.hub_id)
+            return f"local-dir:{source.path}", None, weights_identity(source)
+        from huggingface_hub import hf_hub_download
+
+        # Fetched now so that its revision can be read from the hub cache (create_model then finds it there).
+        hf_hub_download(source.hub_id, HUB_CONFIG)
+        return f"hf-hub:{source.hub_id}", None, weights_identity(source, HUB_CONFIG)
 
     @torch.inference_mode()
     def encode(self, batch: list[np.ndarray | None]) -> list[np.ndarray | None]:
@@ -118,11 +123,3 @@ class CLIPImageEncoder:
 
 def _pair(size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def _hub_weights(hub_id: str) -> str:
-    """Revision of an open_clip hub repo, after fetching its config (create_model then finds it cached)."""
-    from huggingface_hub import hf_hub_download
-
-    hf_hub_download(hub_id, "open_clip_config.json")
-    return hub_revision(hub_id, "open_clip_config.json")
