@@ -38,13 +38,10 @@ class MaskedAttention(nn.Module):
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
-                query_key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """queries (B, Q, D), keys (B, S, D), key_mask (B, S); query_key_mask (B, Q, S) narrows it per query."""
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """queries (B, Q, D), keys (B, S, D), key_mask (B, S)."""
         B, Q, D = queries.shape
         allowed = key_mask.unsqueeze(1).expand(B, Q, keys.shape[1])  # (B, Q, S)
-        if query_key_mask is not None:
-            allowed = allowed & query_key_mask
         has_key = allowed.any(-1, keepdim=True)  # (B, Q, 1)
         # A query without keys would softmax over nothing (NaN): let it see everything, then zero its output.
         allowed = allowed | ~has_key

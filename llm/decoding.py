@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sequences import positions
+from .sequences import causal_mask, positions
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def score_answers(lm, prompt_embeds: torch.Tensor, prompt_valid: torch.Tensor, t
     prompt_positions = positions(prompt_valid)  # (B, P)
     node_positions = prompt_valid.sum(-1, keepdim=True) + node_depth - 1  # (B, N)
     mask = torch.zeros((B, P + N, P + N), dtype=torch.bool, device=device)
-    causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-    mask[:, :P, :P] = (causal & prompt_valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)
+    mask[:, :P, :P] = causal_mask(prompt_valid)[:, 0]
     mask[:, P:, :P] = prompt_valid[:, None, :]
     mask[:, P:, P:] = tree
     logits = lm(inputs_embeds=embeds, attention_mask=mask.unsqueeze(1),

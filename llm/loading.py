@@ -38,13 +38,13 @@ def resolve(reference: str) -> tuple[str, str | None]:
     return reference, None
 
 
-def load_causal_lm(reference: str = DEFAULT_LLM, dtype: torch.dtype = torch.float32):
+def load_causal_lm(reference: str = DEFAULT_LLM):
     """-> (model, tokenizer). The model runs SDPA attention, which the 4D masks of llm.sequences rely on."""
     source, gguf_file = resolve(reference)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa", **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="sdpa", **extra)
     except OSError as error:
         raise OSError(f"LLM {reference!r} could not be loaded ({error}). Fix: give a local directory written by "
                       f"save_pretrained, a .gguf file, or {DEFAULT_LLM!r} (offline default)") from error

@@ -13,6 +13,6 @@ def attach_lora(model, r: int, alpha: int, dropout: float, targets: tuple[str, .
     return get_peft_model(model, config)
 
 
-def load_lora(model, directory, trainable: bool = False) -> PeftModel:
-    """Wrap model with the adapter saved in directory by PeftModel.save_pretrained."""
-    return PeftModel.from_pretrained(model, directory, is_trainable=trainable)
+def load_lora(model, directory) -> PeftModel:
+    """Wrap model with the adapter saved in directory by PeftModel.save_pretrained, frozen (for inference)."""
+    return PeftModel.from_pretrained(model, directory)

@@ -58,7 +58,7 @@ def format_score(value: float, low: float, high: float) -> str:
     return "0.0" if text == "-0.0" else text
 
 
-def score_answers(low: float, high: float) -> list[str]:
+def score_strings(low: float, high: float) -> list[str]:
     """Every well-formed answer in [low, high], step 0.1: "-3.0", "-2.9", ..., "3.0"."""
     first, last = math.ceil(round(low * 10, 6)), math.floor(round(high * 10, 6))
     return [format_score(k / 10, low, high) for k in range(first, last + 1)]
@@ -92,7 +92,7 @@ class Prompter:
     def answers(self, task: int) -> list[str]:
         """The valid answers of a task, in value order: class names by class index, or every score string."""
         label = self.labels[task]
-        return list(label.classes) if label.kind == "class" else score_answers(label.low, label.high)
+        return list(label.classes) if label.kind == "class" else score_strings(label.low, label.high)
 
     def _pieces(self, task: int, language: str):
         """(head ids, question ids, ids of every answer) for a task in a language, tokenised once."""

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .prompts import TEMPLATES, score_answers
+from .prompts import TEMPLATES, score_strings
 
 # Words the merges are learnt from: the prompt templates, common label names, every score string. Any other
 # text still encodes, byte by byte.
@@ -19,7 +19,7 @@ _CORPUS = [
     *(f"{t.head}{t.classify}{t.score}" for t in TEMPLATES.values()),
     "Emotion Sentiment score from to neutral surprise fear sadness joy disgust anger negative positive",
     "情绪 情感 愤怒 厌恶 恐惧 高兴 平静 悲伤 惊奇",
-    " ".join(score_answers(-3.0, 3.0)),
+    " ".join(score_strings(-3.0, 3.0)),
 ]
 
 

@@ -41,7 +41,7 @@ def _with_fonts(plot):
 
 
 @_with_fonts
-def plot_learning_curves(history: list[dict], path, metric: str, losses=("train_loss", "dev_loss")) -> Path:
+def plot_learning_curves(history: list[dict], path, metric: str, losses=("train_loss",)) -> Path:
     """Losses (left) and a dev metric (right) per epoch; the best epoch of the metric is marked.
 
     history: one dict per epoch, e.g. {"epoch": 1, "train_loss": 0.9, "dev": {"Weighted_F1": 0.55}}; a key

@@ -9,7 +9,7 @@ from egmf.cache.schema import LabelSpec
 from egmf.llm.decoding import AnswerTrie, score_answers
 from egmf.llm.loading import DEFAULT_LLM, load_causal_lm, resolve
 from egmf.llm.lora import ATTENTION, MLP, attach_lora
-from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_answers as score_strings
+from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
 from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
 from egmf.llm.tiny import save_tiny_lm
 
@@ -83,7 +83,7 @@ def test_earlier_turns_keep_the_most_recent_that_fit(tiny, prompter):
     assert prompter.prompt(0, "en", "now", ["first"]) == prompter.prompt(0, "en", "now")  # no budget, no history
 
 
-def test_score_answers_targets_and_parsing(prompter):
+def test_score_strings_targets_and_parsing(prompter):
     mosei = score_strings(-3.0, 3.0)
     assert len(mosei) == 61 and mosei[0] == "-3.0" and mosei[-1] == "3.0" and "-0.0" not in mosei
     assert score_strings(-1.0, 1.0) == prompter.answers(2) and len(prompter.answers(2)) == 21
