@@ -70,13 +70,18 @@ class CorrelationExpert(_GatedExpert):
     def __init__(self, modalities: list[str], d_model: int, n_heads: int, dropout: float):
         super().__init__(d_model)
         self.modalities = modalities
-        self.norm = nn.LayerNorm(d_model)
+        # One modality has no pair to attend across: no norm and no attention, so that every parameter reaches
+        # the loss (DDP without find_unused_parameters fails on one that does not).
+        self.norm = nn.LayerNorm(d_model) if len(modalities) > 1 else None
         self.cross = nn.ModuleDict({f"{a}<-{b}": MaskedAttention(d_model, n_heads, dropout)
                                     for a in modalities for b in modalities if a != b})
         self.dropout = nn.Dropout(dropout)
         self.feed_forward = FeedForward(d_model, dropout)
+        self.register_load_state_dict_pre_hook(_drop_unused_norm)
 
     def transform(self, tokens, masks, **_):
+        if self.norm is None:
+            return [self.feed_forward(x) for x in tokens]
         normed = [self.norm(x) for x in tokens]
         outputs = []
         for i, (a, x) in enumerate(zip(self.modalities, tokens)):
@@ -85,6 +90,13 @@ class CorrelationExpert(_GatedExpert):
                     x = x + self.dropout(self.cross[f"{a}<-{b}"](normed[i], normed[j], masks[j]))
             outputs.append(self.feed_forward(x))
         return outputs
+
+
+def _drop_unused_norm(expert: CorrelationExpert, state_dict: dict, prefix: str, *_):
+    # Single-modality models saved before the norm was left out carry its weights, never trained: drop them.
+    if expert.norm is None:
+        for key in [k for k in state_dict if k.startswith(prefix + "norm.")]:
+            del state_dict[key]
 
 
 class ContextExpert(_GatedExpert):

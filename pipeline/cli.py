@@ -8,7 +8,7 @@ import typer
 
 from egmf.cache.schema import CacheError
 from egmf.extract.models import quiet_loaders
-from egmf.pipeline.metrics import format_table
+from egmf.pipeline.metrics import format_table, scalar_metrics
 
 quiet_loaders()
 
@@ -35,7 +35,7 @@ def train(
     preset: str = typer.Option("offline", help="Model preset: offline (SmolLM2-135M GGUF, packaged), hub "
                                                "(Qwen2.5-0.5B-Instruct), tiny (random, for tests)"),
     epochs: int = typer.Option(10),
-    max_steps: int = typer.Option(None, help="Stop after this many optimiser steps"),
+    max_steps: int = typer.Option(None, help="Stop after this many optimiser steps (default: no limit)"),
     modalities: str = typer.Option(None, help="Comma-separated subset, e.g. text or audio,visual"),
     lr: float = typer.Option(1e-3, help="Learning rate of the fusion and the LoRA weights"),
     lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's)"),
@@ -43,23 +43,24 @@ def train(
                                                   "transcripts in the prompt, 0 = none (default: 48)"),
     batch_size: int = typer.Option(8),
     patience: int = typer.Option(3, help="Early stopping: epochs without a better dev score"),
-    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints a killed run resumes from"),
+    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints a killed run resumes from; 0 = only "
+                                                  "the one after each epoch"),
     seed: int = typer.Option(0),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 1,2,3: one run each in OUT/seed-N, then mean ± std"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     precision: str = typer.Option("auto", help="auto (bf16 on CUDA and bf16-capable CPUs), fp32 or bf16"),
 ):
-    from egmf.pipeline.train import TrainConfig, train_seeds
+    from egmf.pipeline.train import ConfigError, TrainConfig, train_seeds
 
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
-    cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
-                      modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
-                      batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
-                      device=device, precision=precision,
-                      overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
     try:
+        cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
+                          modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
+                          batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
+                          device=device, precision=precision,
+                          overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
         result = train_seeds(cfg, _seeds(seed, seeds))
-    except (CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
+    except (ConfigError, CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
         _fail(e)
     typer.echo(json.dumps(result, indent=2))
 
@@ -78,8 +79,7 @@ def evaluate(
         result = evaluate_run(run, cache, split, device=device)
     except (CacheError, FileNotFoundError, OSError) as e:
         _fail(e)
-    metrics = {k: v for k, v in result["metrics"].items()
-               if not isinstance(v, (dict, list)) and v is not None}
+    metrics = scalar_metrics(result["metrics"])
     typer.echo(f"{result['task']} on {split} ({result['cache']})")
     typer.echo(format_table(metrics))
     typer.echo(f"metrics: {Path(run) / f'metrics-{split}.json'}; plots: {Path(run) / 'plots'}")

@@ -6,7 +6,7 @@ preceding turns of its dialogue (the global context expert's input) and their tr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ from egmf.cache.schema import CacheError
 from egmf.pipeline.batch import Batch, TaskSpec
 
 
-def task_of(cache: Cache, label: str | None = None) -> TaskSpec:
-    spec = cache.dataset.label(label or cache.dataset.task)
+def task_of(cache: Cache) -> TaskSpec:
+    spec = cache.dataset.label(cache.dataset.task)
     return TaskSpec(f"{cache.dataset.name}/{spec.name}", spec)
 
 
@@ -33,18 +33,33 @@ class SplitData:
     targets: list  # class index or score; rows without a label are dropped at load
     rows: np.ndarray  # (n,) rows in the cache
     task: int  # index of the cache's task in the model's task list
+    _pooled: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def has_context(self) -> bool:
+        """Whether any row has a preceding turn (a dialogue corpus, and context_turns > 0)."""
+        return bool((self.context >= 0).any())
+
     def pooled(self) -> dict[str, np.ndarray]:
-        """modality -> (n, D) float32 mean over each row's valid steps (zeros where missing)."""
-        out = {}
-        for m, x in self.features.items():
-            steps = np.arange(x.shape[1])[None, :] < self.lengths[m][:, None]  # (n, T)
-            total = (x.astype(np.float32) * steps[..., None]).sum(1)
-            out[m] = total / np.maximum(self.lengths[m], 1)[:, None]
-        return out
+        """modality -> (n, D) float32 mean over each row's valid steps (zeros where missing): the preceding turns'
+        features. Computed on first use, once per split; only splits with context need it."""
+        if self._pooled is None:
+            self._pooled = {m: _mean_steps(x, self.lengths[m]) for m, x in self.features.items()}
+        return self._pooled
+
+
+def _mean_steps(x: np.ndarray, lengths: np.ndarray, rows: int = 256) -> np.ndarray:
+    """(n, T, D) features, (n,) lengths -> (n, D) float32 means over the valid steps, a block of rows at a time
+    (a float32 copy of a whole split can take gigabytes)."""
+    out = np.empty((len(x), x.shape[2]), np.float32)
+    for a in range(0, len(x), rows):
+        block, n = x[a: a + rows], lengths[a: a + rows]
+        steps = np.arange(x.shape[1])[None, :] < n[:, None]  # (r, T)
+        out[a: a + rows] = (block.astype(np.float32) * steps[..., None]).sum(1) / np.maximum(n, 1)[:, None]
+    return out
 
 
 def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
@@ -85,18 +100,22 @@ def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
-def collate(data: SplitData, index: np.ndarray, pooled: dict[str, np.ndarray]) -> Batch:
+def collate(data: SplitData, index: np.ndarray) -> Batch:
     """Cut rows `index` of a split into a Batch, padded to the longest row of the batch per modality."""
     features, masks, context = {}, {}, {}
     ctx = data.context[index]  # (B, C)
+    pooled = data.pooled() if data.has_context else None
     for m, x in data.features.items():
         lengths = data.lengths[m][index]
         t = max(1, int(lengths.max()))
         features[m] = torch.from_numpy(x[index, :t].astype(np.float32))  # (B, t, D)
         masks[m] = torch.arange(t)[None, :] < torch.from_numpy(lengths)[:, None]  # (B, t)
         # Context: the pooled features of the preceding turns; absent turns are zeros behind a False mask.
-        context[m] = torch.from_numpy(np.where(ctx[..., None] >= 0, pooled[m][np.maximum(ctx, 0)], 0.0)
-                                      .astype(np.float32))  # (B, C, D)
+        if pooled is None:
+            context[m] = torch.zeros(len(index), ctx.shape[1], x.shape[2])  # (B, C, D)
+        else:
+            context[m] = torch.from_numpy(np.where(ctx[..., None] >= 0, pooled[m][np.maximum(ctx, 0)], 0.0)
+                                          .astype(np.float32))  # (B, C, D)
     history = [[data.texts[j] for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
     return Batch(features, masks, context, torch.from_numpy(ctx >= 0),
                  [data.texts[i] for i in index], [data.languages[i] for i in index],
@@ -114,7 +133,6 @@ class BatchStream:
                  rank: int = 0, world: int = 1):
         self.splits, self.batch_size, self.shuffle, self.seed = splits, batch_size, shuffle, seed
         self.rank, self.world = rank, world
-        self.pooled = [s.pooled() for s in splits]
         self.epoch = 0
 
     def _plan(self) -> list[tuple[int, np.ndarray]]:
@@ -126,8 +144,10 @@ class BatchStream:
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]
         if self.world > 1:
-            plan = plan[: len(plan) - len(plan) % self.world] or plan[: self.world]
-            plan = plan[self.rank:: self.world]
+            # DDP steps every rank together, so every rank takes as many batches: the plan is cut to a multiple of
+            # world, or repeated when there are fewer batches than ranks (a rank without one would hang the rest).
+            steps = len(plan) - len(plan) % self.world or self.world
+            plan = [plan[i % len(plan)] for i in range(steps)][self.rank:: self.world]
         return plan
 
     def __len__(self) -> int:
@@ -135,5 +155,5 @@ class BatchStream:
 
     def __iter__(self):
         for k, index in self._plan():
-            yield collate(self.splits[k], index, self.pooled[k])
+            yield collate(self.splits[k], index)
         self.epoch += 1

@@ -13,7 +13,7 @@ import typer
 
 from egmf.extract.models import quiet_loaders
 from egmf.extract.run import ExtractConfig, extract
-from egmf.pipeline.metrics import format_table
+from egmf.pipeline.metrics import format_table, scalar_metrics
 from egmf.pipeline.train import TrainConfig, Trainer, evaluate_run
 
 demo_app = typer.Typer(add_completion=False)
@@ -73,8 +73,7 @@ def main(clips: int = typer.Option(280, help="Demo clips (a multiple of 7; split
         typer.echo(f"[2/3] training with {name} modalities ({k}/{len(settings)}) -> {cfg.runs / name}")
         results[name] = run_setting(cfg, name)
     typer.echo("[3/3] test split of the fused model:")
-    metrics = {k: v for k, v in results["all"]["metrics"].items() if isinstance(v, (int, float))}
-    typer.echo(format_table(metrics))
+    typer.echo(format_table(scalar_metrics(results["all"]["metrics"])))
     if ablation:
         table = ablation_table(results)
         (cfg.runs / "ablation.md").write_text(table + "\n")

@@ -39,8 +39,8 @@ def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, devic
 
 def split_metrics(pred: SplitPredictions) -> dict:
     label = pred.task.label
-    kind = metric_kind(label)
-    m = compute_metrics(kind, pred.y_true, pred.y_pred, class_names=label.classes or None)
+    m = compute_metrics(metric_kind(label), pred.y_true, pred.y_pred, class_names=label.classes or None,
+                        score_range=(label.low, label.high))
     m["parse_failure_rate"] = pred.parse_failures / max(1, len(pred.y_true))
     if label.kind == "class":
         m["expert_gates_by_class"] = expert_gates_by_class(pred.gates, np.asarray(pred.y_true), label.classes)
@@ -57,8 +57,9 @@ def primary_score(task: TaskSpec, metrics: dict) -> float:
 def headline(task: TaskSpec, metrics: dict) -> str:
     if task.is_classification:
         return f"acc {100 * metrics['Accuracy']:.2f}  wF1 {100 * metrics['Weighted_F1']:.2f}"
-    acc2 = metrics.get("Has0_acc_2", metrics.get("Mult_acc_2"))
-    return f"MAE {metrics['MAE']:.3f}  Acc2 {100 * acc2:.2f}  Corr {metrics['Corr'] or 0:.3f}"
+    acc2 = metrics.get("Has0_acc_2", metrics.get("Mult_acc_2"))  # none on scales outside MMSA's conventions
+    return (f"MAE {metrics['MAE']:.3f}" + (f"  Acc2 {100 * acc2:.2f}" if acc2 is not None else "")
+            + f"  Corr {metrics['Corr'] or 0:.3f}")
 
 
 def plot_predictions(pred: SplitPredictions, metrics: dict, folder: Path, split: str) -> list[Path]:

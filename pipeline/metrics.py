@@ -1,7 +1,7 @@
 """The field's metrics, computed the way MMSA computes them, so our numbers sit in the same tables as published ones.
 
 Reference: thuiar/MMSA `src/MMSA/utils/metricsTop.py` (eval_mosei_regression, eval_sims_regression) and the
-accuracy / weighted F1 that every MELD and CHERMA paper reports. Three conventions:
+accuracy / weighted F1 that every MELD and CHERMA paper reports. Three conventions of the field, and one of ours:
 
 - "classification" (MELD, CHERMA): Accuracy, Weighted_F1 (the headline number), Macro_F1, Per_class_F1 and the
   confusion matrix (rows = true class, columns = predicted class).
@@ -11,6 +11,8 @@ accuracy / weighted F1 that every MELD and CHERMA paper reports. Three conventio
 - "sims" (CH-SIMS, CH-SIMS v2, scores in [-1, 1]): everything on values clipped to [-1, 1]; Mult_acc_2 over
   [-1, 0] vs (0, 1], Mult_acc_3 over [-1, -0.1], (-0.1, 0.1], (0.1, 1], Mult_acc_5 over [-1, -0.7], (-0.7, -0.1],
   (-0.1, 0.1], (0.1, 0.7], (0.7, 1]; F1_score is the weighted F1 of the Acc2 classes; MAE; Corr.
+- "score" (any other score range, e.g. a `folder` corpus rated 1 to 5): N, MAE and Corr only, as the field has no
+  accuracy bins for such a scale.
 
 Key names are MMSA's, so a result can be compared key by key with MMSA's logs. Values are fractions (not
 percent), unrounded, plain Python numbers; None where a metric is undefined on the given rows (Pearson correlation
@@ -27,40 +29,34 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from egmf.cache.schema import LabelSpec
-
-CONVENTIONS = ("classification", "mosei", "sims")
-SCORE_CONVENTIONS = {(-3.0, 3.0): "mosei", (-1.0, 1.0): "sims"}  # label range -> convention
 from egmf.fuse.network import EXPERTS  # the order of the expert gate's columns
+
+CONVENTIONS = ("classification", "mosei", "sims", "score")
+SCORE_CONVENTIONS = {(-3.0, 3.0): "mosei", (-1.0, 1.0): "sims"}  # label range -> convention; others: "score"
 
 SIMS_ACC2_EDGES = (0.0,)
 SIMS_ACC3_EDGES = (-0.1, 0.1)
 SIMS_ACC5_EDGES = (-0.7, -0.1, 0.1, 0.7)
-SIMS_ACC5_NAMES = ("[-1,-0.7]", "(-0.7,-0.1]", "(-0.1,0.1]", "(0.1,0.7]", "(0.7,1]")
-MOSEI_ACC7_NAMES = ("-3", "-2", "-1", "0", "+1", "+2", "+3")
 EDGE_SNAP_DECIMALS = 6  # far below the labels' 0.2 / 1/3 steps, far above float32's error near 1
 
 
 def score_convention(low: float, high: float) -> str:
-    """The metric convention for a score label with range [low, high]."""
-    try:
-        return SCORE_CONVENTIONS[(float(low), float(high))]
-    except KeyError:
-        raise ValueError(f"no MMSA metric convention for a score in [{low}, {high}]: the field's conventions are "
-                         f"[-3, 3] (MOSI/MOSEI) and [-1, 1] (CH-SIMS); pass kind='mosei' or 'sims' explicitly"
-                         ) from None
+    """The metric convention for a score label with range [low, high]: "mosei", "sims", or else "score"."""
+    return SCORE_CONVENTIONS.get((float(low), float(high)), "score")
 
 
 def metric_kind(label: LabelSpec) -> str:
-    """The metric convention for a cache's label: "classification", "mosei" or "sims"."""
+    """The metric convention for a cache's label: "classification", "mosei", "sims" or "score"."""
     return "classification" if label.kind == "class" else score_convention(label.low, label.high)
 
 
 def compute_metrics(kind: str, y_true, y_pred, class_names=None, score_range=None) -> dict:
     """The metrics of one split under one convention.
 
-    kind: "classification", "mosei", "sims", or "score" (then score_range=(low, high) picks mosei or sims).
-    y_true, y_pred: class indices (classification) or scores, one per labelled row; unlabelled rows must be
-    dropped first. class_names: names for the class indices (classification only).
+    kind: "classification", "mosei", "sims", or "score" (then score_range=(low, high) picks mosei or sims, or for
+    any other range the generic score metrics). y_true, y_pred: class indices (classification) or scores, one per
+    labelled row; unlabelled rows must be dropped first. class_names: names for the class indices
+    (classification only).
     """
     if kind == "score":
         if score_range is None:
@@ -72,7 +68,9 @@ def compute_metrics(kind: str, y_true, y_pred, class_names=None, score_range=Non
         return mosei_metrics(y_true, y_pred)
     if kind == "sims":
         return sims_metrics(y_true, y_pred)
-    raise ValueError(f"unknown metric kind {kind!r}: use one of {CONVENTIONS + ('score',)}")
+    if kind == "score":
+        return score_metrics(y_true, y_pred)
+    raise ValueError(f"unknown metric kind {kind!r}: use one of {CONVENTIONS}")
 
 
 def classification_metrics(y_true, y_pred, class_names=None) -> dict:
@@ -137,17 +135,15 @@ def sims_metrics(y_true, y_pred) -> dict:
     }
 
 
-def score_classes(kind: str, values) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Scores as the finest classes of their convention (MOSEI Acc7, SIMS Acc5): (class ids, class names).
+def score_metrics(y_true, y_pred) -> dict:
+    """Scores on a scale without a convention of the field: the error and the correlation, no accuracies."""
+    truth, preds = _paired(y_true, y_pred)
+    return {"N": int(len(truth)), "MAE": float(np.mean(np.abs(preds - truth))), "Corr": _pearson(preds, truth)}
 
-    For a regression task's confusion matrix and its expert-gate weights per class.
-    """
-    scores = _vector("values", values)
-    if kind == "mosei":
-        return _rounded_class(scores, 3.0) + 3, MOSEI_ACC7_NAMES
-    if kind == "sims":
-        return _binned(np.clip(scores, -1.0, 1.0), SIMS_ACC5_EDGES), SIMS_ACC5_NAMES
-    raise ValueError(f"score classes exist for kind 'mosei' or 'sims', not {kind!r}")
+
+def scalar_metrics(metrics: dict) -> dict:
+    """The plain numbers of a metrics dict: no per-class dicts, lists, or undefined (None) values."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)}
 
 
 def expert_gates_by_class(gates, labels, class_names, experts=EXPERTS) -> dict:

@@ -60,10 +60,10 @@ class RunFolder:
         now = [c.fingerprint for c in caches]
         before = [r["fingerprint"] for r in recorded]
         if now != before:
+            trained_on = ", ".join(f"{r['url']} ({r['fingerprint'][:12]})" for r in recorded)
             raise CacheError(
-                f"{self.path} was trained on {', '.join(r['url'] + ' (' + r['fingerprint'][:12] + ')' for r in recorded)}"
-                f"; these caches have fingerprints {', '.join(f[:12] for f in now)}. Fix: train into a new --out, "
-                f"or delete {self.path} to start over")
+                f"{self.path} was trained on {trained_on}; these caches have fingerprints "
+                f"{', '.join(f[:12] for f in now)}. Fix: train into a new --out, or delete {self.path} to start over")
 
     def check_features(self, cache: Cache) -> None:
         """A model reads only features made by the encoders it was trained on."""
@@ -121,7 +121,8 @@ class RunFolder:
         raise CacheError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
 
     def save_checkpoint(self, model, opt, sched, state: dict) -> None:
-        trainable = {k: v for k, v in model.state_dict().items() if k in _trainable_names(model)}
+        names = _trainable(model)
+        trainable = {k: v for k, v in model.state_dict().items() if k in names}
         blob = {"format": CHECKPOINT_FORMAT, "model": trainable, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "state": state, "rng": _rng_state()}
         tmp = self.path / "checkpoint.pt.tmp"
@@ -136,7 +137,7 @@ class RunFolder:
         if blob.get("format") != CHECKPOINT_FORMAT:
             raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. "
                              f"Fix: train into a new --out")
-        shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+        shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
         missing = sorted(set(shapes) - set(saved))
         resized = [f"{n} {saved[n]} here {shapes[n]}" for n in sorted(shapes.keys() & saved) if saved[n] != shapes[n]]
@@ -145,21 +146,43 @@ class RunFolder:
             raise CacheError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
                              "options (e.g. --lora-r), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
-        opt.load_state_dict(blob["optimizer"])
+        opt.load_state_dict(_without_params(blob["optimizer"], [n in shapes for n in saved]))
         sched.load_state_dict(blob["scheduler"])
         _set_rng_state(blob["rng"])
         return blob["state"]
 
 
-def _trainable_names(model) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
+def _trainable(model) -> dict[str, torch.nn.Parameter]:
+    """The trainable parameters by name, in the order the trainer hands them to the optimiser."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _without_params(optimizer: dict, keep: list[bool]) -> dict:
+    """An optimiser state dict over one group, without the parameters whose keep is False.
+
+    A checkpoint's trainable weights and its optimiser state list the parameters in the same order; a checkpoint
+    written before this egmf stopped creating a never-trained parameter (the correlation expert's norm of a
+    single-modality model) holds state for it that the optimiser of today's model has no slot for.
+    """
+    if all(keep):
+        return optimizer
+    (group,) = optimizer["param_groups"]
+    kept = [i for i, k in zip(group["params"], keep) if k]
+    renumber = {old: new for new, old in enumerate(kept)}
+    return {"state": {renumber[i]: v for i, v in optimizer["state"].items() if i in renumber},
+            "param_groups": [{**group, "params": list(range(len(kept)))}]}
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: the trainer sets it to its rank's GPU
+    return state
 
 
 def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])

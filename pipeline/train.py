@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,11 +25,17 @@ from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline import plots
 from egmf.pipeline.data import BatchStream, load_split, task_of
-from egmf.pipeline.evaluate import headline, plot_predictions, predict_split, primary_score, split_metrics
+from egmf.pipeline.evaluate import (SplitPredictions, headline, plot_predictions, predict_split, primary_score,
+                                    split_metrics)
+from egmf.pipeline.metrics import scalar_metrics
 from egmf.pipeline.model import EGMF
-from egmf.pipeline.precision import autocast, use_bf16
+from egmf.pipeline.precision import PRECISIONS, autocast, use_bf16
 from egmf.pipeline.presets import model_config
 from egmf.pipeline.runfolder import RunFolder
+
+
+class ConfigError(ValueError):
+    """A training option out of range; egmf-train prints it without a traceback."""
 
 
 @dataclass
@@ -38,7 +45,7 @@ class TrainConfig:
     preset: str = "offline"  # model preset: which LLM, fusion size (pipeline/presets.py)
     modalities: list[str] | None = None  # default: every modality all caches have
     epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (quick runs)
+    max_steps: int | None = None  # stop after this many optimiser steps (quick runs); None = no limit
     batch_size: int = 8
     lr: float = 1e-3  # the fusion and the LoRA weights start from scratch: a higher rate than full fine-tuning
     weight_decay: float = 0.01
@@ -48,18 +55,38 @@ class TrainConfig:
     lora_r: int | None = None  # None: the preset's
     context_turns: int = 4  # preceding dialogue turns given to the global context expert
     eval_batch_size: int = 16
-    checkpoint_every: int = 50  # steps
+    checkpoint_every: int = 50  # steps between mid-epoch checkpoints; 0 = only the one after each epoch
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (pipeline/precision.py)
     progress: bool = True
     overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"fusion": {"n_tokens": 8}}
 
+    def __post_init__(self):
+        # option: (value, lowest allowed, the fix)
+        limits = {"epochs": (self.epochs, 1, "train for 1 epoch or more"),
+                  "max-steps": (self.max_steps, 1, "leave --max-steps out for no limit"),
+                  "batch-size": (self.batch_size, 1, "use 1 or more rows per batch"),
+                  "patience": (self.patience, 1, "stop after 1 or more epochs without a better dev score"),
+                  "checkpoint-every": (self.checkpoint_every, 0, "pass 0 for a checkpoint only after each epoch"),
+                  "eval-batch-size": (self.eval_batch_size, 1, "use 1 or more rows per batch"),
+                  "context-turns": (self.context_turns, 0, "pass 0 for no dialogue context")}
+        for option, (value, lowest, fix) in limits.items():
+            if value is not None and value < lowest:
+                raise ConfigError(f"--{option} {value}: must be at least {lowest}. Fix: {fix}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: unknown. Fix: choose one of {', '.join(PRECISIONS)}")
 
-def pick_device(device: str) -> torch.device:
+
+def pick_device(device: str, env: Mapping[str, str] | None = None) -> torch.device:
+    """auto = CUDA when there is one, else the CPU. env: the process environment under torchrun, where a CUDA
+    device without an index is the process's own GPU, cuda:LOCAL_RANK (one GPU per process)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and chosen.index is None and env and int(env.get("WORLD_SIZE", 1)) > 1:
+        return torch.device("cuda", int(env.get("LOCAL_RANK", 0)))
+    return chosen
 
 
 def seed_everything(seed: int):
@@ -79,18 +106,58 @@ def shared_modalities(caches: list[Cache], asked) -> list[str]:
     return [m for m in common if m in asked]
 
 
+def feature_dims(caches: list[Cache], modalities: list[str]) -> dict[str, int]:
+    """The feature size of each modality, which every cache must share: one model reads one size per modality."""
+    dims = {}
+    for m in modalities:
+        sizes = [(c.url, c.encoders[m].dim) for c in caches]
+        if len({d for _, d in sizes}) > 1:
+            raise CacheError(f"--cache: the {m} features differ in size ({', '.join(f'{u}: {d}' for u, d in sizes)}"
+                             f"); one model reads one size per modality. Fix: extract every corpus with the same "
+                             f"--preset, or leave {m} out with --modalities")
+        dims[m] = sizes[0][1]
+    return dims
+
+
+def score_split(model, data, task, batch_size: int, device: torch.device, bf16: bool
+                ) -> tuple[SplitPredictions, dict]:
+    """Predict a split and compute its metrics."""
+    with autocast(device, bf16):
+        pred = predict_split(model, data, task, batch_size, device)
+    return pred, split_metrics(pred)
+
+
+@dataclass
+class _Fit:
+    """What one Trainer.fit works with, across its epochs."""
+
+    model: EGMF
+    wrapped: torch.nn.Module  # the model, inside DDP under torchrun
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    stream: BatchStream
+    steps_per_epoch: int
+    total: float  # the step to stop at: --max-steps, or the end of the last epoch
+    bar: tqdm
+    data_wait: float = 0.0  # seconds waiting for batches,
+    step_time: float = 0.0  # within whole steps
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.device = pick_device(cfg.device, os.environ)
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.device = pick_device(cfg.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.bf16 = use_bf16(cfg.precision, self.device)
         self.caches = [Cache.open(c) for c in cfg.caches]
         self.tasks = [task_of(c) for c in self.caches]
         self.modalities = shared_modalities(self.caches, cfg.modalities)
+        self.dims = feature_dims(self.caches, self.modalities)
         self.run = RunFolder(Path(cfg.out))
         self.run.check_caches(self.caches)  # refuses a run folder made from other caches
 
@@ -102,103 +169,127 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         train, dev = self._splits("train"), self._splits("dev")
-        dims = {m: self.caches[0].encoders[m].dim for m in self.modalities}
-        mcfg = model_config(cfg.preset, dims, self.tasks, lora_r=cfg.lora_r, **cfg.overrides)
+        mcfg = model_config(cfg.preset, self.dims, self.tasks, lora_r=cfg.lora_r, **cfg.overrides)
         model = EGMF(mcfg).to(self.device)
         stream = BatchStream(train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world=self.world)
         steps_per_epoch = len(stream)
-        total = min(cfg.max_steps or math.inf, steps_per_epoch * cfg.epochs)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = min(math.inf if cfg.max_steps is None else cfg.max_steps, steps_per_epoch * cfg.epochs)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total), int(total))
-        wrapped = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        wrapped = self._wrap(model)
         state = self.run.resume(model, opt, sched) or {"step": 0, "epoch": 0, "history": [], "best": -math.inf,
                                                         "bad_epochs": 0}
         if self.rank == 0:
             self.run.write_config(cfg, mcfg, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state["step"], desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
-        t0, data_wait, step_time = time.perf_counter(), 0.0, 0.0  # waiting for batches, within whole steps
+        f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar)
+        t0 = time.perf_counter()
         while state["epoch"] < cfg.epochs and state["step"] < total and state["bad_epochs"] < cfg.patience:
-            stream.epoch = state["epoch"]
-            skip = state["step"] - state["epoch"] * steps_per_epoch  # batches done before a resume
-            if skip == 0:
-                state["epoch_losses"] = {"loss": [], "lm": [], "aux": []}
-            # In the checkpointed state, so that an epoch resumed half-way reports the means over all its steps.
-            losses, lm, aux = (state["epoch_losses"][k] for k in ("loss", "lm", "aux"))
-            model.train()
-            tick = time.perf_counter()
-            for k, batch in enumerate(stream):
-                if k < skip:
-                    continue
-                batch = batch.to(self.device)
-                data_wait += time.perf_counter() - tick
-                with autocast(self.device, self.bf16):
-                    out = wrapped(batch)
-                if not torch.isfinite(out.loss):
-                    self._diverged("loss", out.loss, state)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                # A finite loss can still overflow in the backward pass; the update would then make the weights NaN
-                # and the epoch's end would evaluate and checkpoint them.
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if not torch.isfinite(norm):
-                    self._diverged("gradient norm", norm, state)
-                opt.step()
-                sched.step()
-                state["step"] += 1
-                losses.append(out.loss.item())
-                lm.append(out.lm_loss.item())
-                aux.append(out.aux_loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                step_time += time.perf_counter() - tick
-                epoch_ends = state["step"] >= min(total, (state["epoch"] + 1) * steps_per_epoch)
-                # Not at an epoch's last step: its checkpoint follows the dev evaluation, and one taken here would
-                # resume into an epoch with no step left to run and no record of it.
-                if state["step"] % cfg.checkpoint_every == 0 and self.rank == 0 and not epoch_ends:
-                    self.run.save_checkpoint(model, opt, sched, state)
-                if state["step"] >= total:
-                    break
-                tick = time.perf_counter()
-            finished_epoch = state["step"] >= (state["epoch"] + 1) * steps_per_epoch
-            record = {"epoch": state["epoch"] + 1, "step": state["step"],
-                      "train_loss": float(np.mean(losses)) if losses else None,
-                      "train_lm_loss": float(np.mean(lm)) if lm else None,
-                      "train_aux_loss": float(np.mean(aux)) if aux else None}
-            record.update(self._evaluate(model, dev, "dev"))
-            score = float(np.mean([primary_score(t, record["dev"][t.name]) for t in self.tasks]))
-            record["dev_score"] = score
-            state["history"].append(record)
-            if self.rank == 0:
-                bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}; dev "
-                          + "; ".join(f"{t.name} {headline(t, record['dev'][t.name])}" for t in self.tasks))
-            if score > state["best"]:
-                state["best"], state["bad_epochs"] = score, 0
-                if self.rank == 0:
-                    self.run.save_model(model)
-            else:
-                state["bad_epochs"] += 1
-            if finished_epoch:
-                state["epoch"] += 1
+            finished = self._train_epoch(f, state)
+            self._end_epoch(f, dev, state, finished)
             if self.rank == 0:
                 self.run.save_checkpoint(model, opt, sched, state)
-            if not finished_epoch:
+            if not finished:
                 break
         bar.close()
-        elapsed = time.perf_counter() - t0
-        best = max(state["history"], key=lambda h: h["dev_score"])
+        # The best finished epoch; a run stopped by --max-steps inside its first epoch has only that record.
+        best = max([h for h in state["history"] if h.get("finished", True)] or state["history"],
+                   key=lambda h: h["dev_score"])
         summary = {"steps": state["step"], "epochs": len(state["history"]), "best_epoch": best["epoch"],
-                   "best_dev_score": state["best"],
-                   "best_dev": {t: _scalars(m) for t, m in best["dev"].items()},
-                   "seconds": elapsed, "data_wait_fraction": data_wait / max(step_time, 1e-9),
-                   "trainable_parameters": sum(p.numel() for p in params)}
+                   "best_dev_score": best["dev_score"],
+                   "best_dev": {t: scalar_metrics(m) for t, m in best["dev"].items()},
+                   "seconds": time.perf_counter() - t0, "data_wait_fraction": f.data_wait / max(f.step_time, 1e-9),
+                   "trainable_parameters": model.trainable_parameters()}
         if self.rank == 0:
             self.run.write_history(state["history"], summary)
             self._plot_history(state["history"])
         if self.world > 1:
             dist.barrier()
         return summary
+
+    def _wrap(self, model: EGMF) -> torch.nn.Module:
+        if self.world == 1:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _train_epoch(self, f: _Fit, state: dict) -> bool:
+        """The steps of epoch state["epoch"] not done yet, up to f.total; True when the epoch is finished."""
+        cfg = self.cfg
+        f.stream.epoch = state["epoch"]
+        skip = state["step"] - state["epoch"] * f.steps_per_epoch  # batches done before a resume
+        if skip == 0:
+            state["epoch_losses"] = {"loss": [], "lm": [], "aux": []}
+        # In the checkpointed state, so that an epoch resumed half-way reports the means over all its steps.
+        losses, lm, aux = (state["epoch_losses"][k] for k in ("loss", "lm", "aux"))
+        params = [p for p in f.model.parameters() if p.requires_grad]
+        f.model.train()
+        tick = time.perf_counter()
+        for k, batch in enumerate(f.stream):
+            if k < skip:
+                continue
+            batch = batch.to(self.device)
+            f.data_wait += time.perf_counter() - tick
+            with autocast(self.device, self.bf16):
+                out = f.wrapped(batch)
+            if not torch.isfinite(out.loss):
+                self._diverged("loss", out.loss, state)
+            f.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            # A finite loss can still overflow in the backward pass; the update would then make the weights NaN
+            # and the epoch's end would evaluate and checkpoint them.
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            if not torch.isfinite(norm):
+                self._diverged("gradient norm", norm, state)
+            f.opt.step()
+            f.sched.step()
+            state["step"] += 1
+            losses.append(out.loss.item())
+            lm.append(out.lm_loss.item())
+            aux.append(out.aux_loss.item())
+            f.bar.update(1)
+            f.bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            f.step_time += time.perf_counter() - tick
+            epoch_ends = state["step"] >= min(f.total, (state["epoch"] + 1) * f.steps_per_epoch)
+            # Not at an epoch's last step: its checkpoint follows the dev evaluation, and one taken here would
+            # resume into an epoch with no step left to run and no record of it.
+            if (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and self.rank == 0
+                    and not epoch_ends):
+                self.run.save_checkpoint(f.model, f.opt, f.sched, state)
+            if state["step"] >= f.total:
+                break
+            tick = time.perf_counter()
+        return state["step"] >= (state["epoch"] + 1) * f.steps_per_epoch
+
+    def _end_epoch(self, f: _Fit, dev, state: dict, finished: bool) -> None:
+        """Evaluate on dev, record the epoch and keep the best model.
+
+        Only finished epochs move the best score and early stopping. An epoch cut short by --max-steps is
+        recorded too (its model is saved while no finished epoch has one, so the run has a model to evaluate),
+        and the same epoch, resumed and finished, replaces its record.
+        """
+        mean = lambda values: float(np.mean(values)) if values else None
+        losses = state["epoch_losses"]
+        record = {"epoch": state["epoch"] + 1, "step": state["step"], "finished": finished,
+                  "train_loss": mean(losses["loss"]), "train_lm_loss": mean(losses["lm"]),
+                  "train_aux_loss": mean(losses["aux"])}
+        record.update(self._evaluate(f.model, dev, "dev"))
+        record["dev_score"] = float(np.mean([primary_score(t, record["dev"][t.name]) for t in self.tasks]))
+        state["history"] = [h for h in state["history"] if h["epoch"] != record["epoch"]] + [record]
+        if self.rank == 0:
+            f.bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}; dev "
+                        + "; ".join(f"{t.name} {headline(t, record['dev'][t.name])}" for t in self.tasks))
+        if finished:
+            state["epoch"] += 1
+            better = record["dev_score"] > state["best"]
+            state["best"] = max(state["best"], record["dev_score"])
+            state["bad_epochs"] = 0 if better else state["bad_epochs"] + 1
+        else:
+            better = state["best"] == -math.inf  # no finished epoch has saved a model yet
+        if better and self.rank == 0:
+            self.run.save_model(f.model)
 
     def _diverged(self, what: str, value: torch.Tensor, state: dict):
         raise FloatingPointError(
@@ -208,12 +299,8 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self, model, splits, name: str) -> dict:
-        out = {}
-        for data, task in zip(splits, self.tasks):
-            with autocast(self.device, self.bf16):
-                pred = predict_split(model, data, task, self.cfg.eval_batch_size, self.device)
-            out[task.name] = split_metrics(pred)
-        return {name: out}
+        return {name: {task.name: score_split(model, data, task, self.cfg.eval_batch_size, self.device, self.bf16)[1]
+                       for data, task in zip(splits, self.tasks)}}
 
     def _plot_history(self, history):
         for t in self.tasks:
@@ -221,11 +308,7 @@ class Trainer:
             rows = [{"epoch": h["epoch"], "train_loss": h["train_loss"], key: h["dev"][t.name][key]}
                     for h in history]
             plots.plot_learning_curves(rows, self.run.plots / f"learning-curves-{t.name.replace('/', '-')}.png",
-                                       metric=key, losses=("train_loss",))
-
-
-def _scalars(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                                       metric=key)
 
 
 def train_seeds(cfg: TrainConfig, seeds: list[int]) -> dict:
@@ -234,12 +317,14 @@ def train_seeds(cfg: TrainConfig, seeds: list[int]) -> dict:
         return Trainer(replace(cfg, seed=seeds[0])).fit()
     runs = {s: Trainer(replace(cfg, seed=s, out=f"{cfg.out}/seed-{s}")).fit() for s in seeds}
     aggregate = {}
-    for task in runs[seeds[0]]["best_dev"]:
-        for key in runs[seeds[0]]["best_dev"][task]:
-            values = [runs[s]["best_dev"][task][key] for s in seeds]
-            aggregate.setdefault(task, {})[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    for task, first in runs[seeds[0]]["best_dev"].items():
+        for key in first:  # a metric undefined in one seed's best epoch (Corr of constant answers) is left out
+            values = [runs[s]["best_dev"][task].get(key) for s in seeds]
+            if None not in values:
+                aggregate.setdefault(task, {})[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
     result = {"seeds": seeds, "dev": aggregate, "runs": {str(s): r for s, r in runs.items()}}
-    RunFolder(Path(cfg.out)).write_json("seeds.json", result)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process gets here
+        RunFolder(Path(cfg.out)).write_json("seeds.json", result)
     return result
 
 
@@ -248,13 +333,13 @@ def evaluate_run(run_dir: str, cache_url: str, split: str, batch_size: int = 16,
     run = RunFolder(Path(run_dir))
     cache = Cache.open(cache_url)
     run.check_features(cache)
-    model = run.load_model().to(pick_device(device))
+    chosen = pick_device(device)
+    model = run.load_model().to(chosen)
     task_index = run.task_index(cache)
     task = model.config.tasks[task_index]
-    data = load_split(cache, split, run.modalities, task, task_index, run.config["train"]["context_turns"])
-    with autocast(pick_device(device), use_bf16("auto", pick_device(device))):
-        pred = predict_split(model, data, task, batch_size, pick_device(device))
-    metrics = split_metrics(pred)
+    train = run.config["train"]
+    data = load_split(cache, split, run.modalities, task, task_index, train["context_turns"])
+    pred, metrics = score_split(model, data, task, batch_size, chosen, use_bf16(train.get("precision", "auto"), chosen))
     result = {"cache": cache.url, "fingerprint": cache.fingerprint, "split": split, "task": task.name,
               "metrics": metrics}
     run.write_json(f"metrics-{split}.json", result)

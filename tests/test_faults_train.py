@@ -302,3 +302,26 @@ def test_a_cache_of_another_schema_version_is_refused_by_egmf_train(small_cache,
     assert r.exit_code == 1
     assert "cache schema version 2, this egmf reads version 1. Fix: re-extract it" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_with_weights_this_egmf_no_longer_creates_still_resumes(tmp_path):
+    # Single-modality runs checkpointed before the correlation expert stopped creating its never-trained norm:
+    # the optimiser state of the weights that remain must land on the right parameters.
+    torch.manual_seed(0)
+    before = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    now = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Identity(), torch.nn.Linear(3, 2))
+
+    def optimiser(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    opt, sched = optimiser(before)
+    before(torch.randn(4, 3)).square().sum().backward()
+    opt.step()
+    run = RunFolder(tmp_path)
+    run.save_checkpoint(before, opt, sched, {"step": 1})
+    opt_now, sched_now = optimiser(now)
+    assert run.resume(now, opt_now, sched_now) == {"step": 1}
+    for old, new in [(before[0].weight, now[0].weight), (before[2].bias, now[2].bias)]:
+        assert torch.equal(old, new)
+        assert torch.equal(opt.state[old]["exp_avg"], opt_now.state[new]["exp_avg"])

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from egmf.cache.schema import LabelSpec
-from egmf.pipeline.metrics import (
-    compute_metrics, expert_gates_by_class, format_table, metric_kind, score_classes)
+from egmf.pipeline.batch import TaskSpec
+from egmf.pipeline.evaluate import SplitPredictions, headline, primary_score, split_metrics
+from egmf.pipeline.metrics import compute_metrics, expert_gates_by_class, format_table, metric_kind, scalar_metrics
 
 # MOSEI example; its rows exercise every edge of the convention:
 MOSEI_TRUE = [0.0, 1.2, -2.4, 0.0, 3.0, -0.4, 0.6, -1.0]
@@ -76,10 +77,10 @@ def test_sims_matches_hand_computed_values():
 
 def test_sims_bin_edges_fall_where_the_stated_intervals_put_them():
     edges = np.float32([-1.0, -0.7, -0.69, -0.1, 0.0, 0.1, 0.11, 0.7, 0.71, 1.0])
-    classes, names = score_classes("sims", edges)
-    # [-1,-0.7] (-0.7,-0.1] (-0.1,0.1] (0.1,0.7] (0.7,1]
-    assert classes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert len(names) == 5
+    # [-1,-0.7] (-0.7,-0.1] (-0.1,0.1] (0.1,0.7] (0.7,1]: each edge value agrees with the middle of its own bin only
+    middles = [-0.85, -0.85, -0.4, -0.4, 0.0, 0.0, 0.4, 0.4, 0.85, 0.85]
+    assert compute_metrics("sims", middles, edges)["Mult_acc_5"] == 1.0
+    assert compute_metrics("sims", middles[2:] + middles[:2], edges)["Mult_acc_5"] == 0.0
     # Acc3 cuts at -0.1 and 0.1, Acc2 at 0: each edge value agrees only with values on its own side
     assert compute_metrics("sims", [-0.2, 0.0, 0.2], np.float32([-0.1, 0.1, 0.11]))["Mult_acc_3"] == 1.0
     assert compute_metrics("sims", [-0.2, 0.2], np.float32([-0.09, 0.1]))["Mult_acc_3"] == 0.0
@@ -91,9 +92,10 @@ def test_sims_clips_before_correlation():
     assert compute_metrics("sims", [-0.5, 0.0, 0.5], [-1.5, 0.0, 1.0])["Corr"] == pytest.approx(1.0)
 
 
-def test_mosei_score_classes_round_half_to_even_and_clip():
-    classes, names = score_classes("mosei", [-3.7, -2.5, -0.5, 0.4, 0.5, 1.5, 2.5, 3.2])
-    assert [names[c] for c in classes] == ["-3", "-2", "0", "0", "0", "+2", "+2", "+3"]
+def test_mosei_acc7_rounds_half_to_even_and_clips():
+    scores = [-3.7, -2.5, -0.5, 0.4, 0.5, 1.5, 2.5, 3.2]
+    assert compute_metrics("mosei", [-3, -2, 0, 0, 0, 2, 2, 3], scores)["Mult_acc_7"] == 1.0
+    assert compute_metrics("mosei", [-3, -3, -1, 0, 1, 1, 3, 3], scores)["Mult_acc_7"] == pytest.approx(3 / 8)
 
 
 CLASS_NAMES = ["neutral", "joy", "anger", "fear"]
@@ -115,11 +117,31 @@ def test_kind_follows_the_label_range():
     assert metric_kind(LabelSpec("emotion", "class", classes=("a", "b"))) == "classification"
     assert metric_kind(LabelSpec("sentiment", "score", low=-3.0, high=3.0)) == "mosei"
     assert metric_kind(LabelSpec("sentiment", "score", low=-1.0, high=1.0)) == "sims"
-    with pytest.raises(ValueError, match="no MMSA metric convention"):
-        metric_kind(LabelSpec("valence", "score", low=0.0, high=10.0))
+    assert metric_kind(LabelSpec("valence", "score", low=0.0, high=10.0)) == "score"
     assert compute_metrics("score", SIMS_TRUE, SIMS_PRED, score_range=(-1, 1)) == compute_metrics(
         "sims", SIMS_TRUE, SIMS_PRED)
     assert "Has0_acc_2" in compute_metrics("score", MOSEI_TRUE, MOSEI_PRED, score_range=(-3.0, 3.0))
+
+
+def test_scores_on_another_scale_get_mae_and_corr():
+    # A folder corpus rated 1 to 5: no MMSA convention; a dev evaluation must still score it (it used to raise).
+    task = TaskSpec("folder/sentiment", LabelSpec("sentiment", "score", low=1.0, high=5.0))
+    pred = SplitPredictions(task, [1.0, 2.0, 4.0, 5.0], [1.5, 2.0, 3.0, 5.0], ["1.5", "2.0", "3.0", "5.0"],
+                            np.full((4, 3), 1 / 3), 0, np.arange(4))
+    m = split_metrics(pred)
+    assert m["N"] == 4 and m["MAE"] == pytest.approx(1.5 / 4) and m["parse_failure_rate"] == 0
+    assert m["Corr"] == pytest.approx(float(np.corrcoef([1.5, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 5.0])[0, 1]))
+    assert not any("acc" in key for key in m)
+    assert primary_score(task, m) == pytest.approx(-1.5 / 4 / 4)
+    assert headline(task, m).startswith("MAE 0.375  Corr ")
+    generic = compute_metrics("score", [1.0, 5.0], [2.0, 4.0], score_range=(1, 5))
+    assert generic == pytest.approx({"N": 2, "MAE": 1.0, "Corr": 1.0})
+
+
+def test_scalar_metrics_keep_the_plain_numbers():
+    m = compute_metrics("classification", [0, 1], [0, 0], class_names=["neutral", "joy"])
+    assert set(scalar_metrics(m)) == {"N", "Accuracy", "Weighted_F1", "Macro_F1"}
+    assert scalar_metrics({"Corr": None, "N": np.int64(3), "flag": True, "MAE": 0.5}) == {"N": 3, "MAE": 0.5}
 
 
 @pytest.mark.parametrize("kind, y_true, y_pred, message", [

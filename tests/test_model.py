@@ -7,7 +7,7 @@ import torch
 
 from egmf.cache.schema import LabelSpec
 from egmf.fuse import FusionConfig
-from egmf.llm.prompts import score_answers
+from egmf.llm.prompts import score_strings
 from egmf.llm.tiny import save_tiny_lm
 from egmf.pipeline.batch import Batch, TaskSpec
 from egmf.pipeline.model import EGMF, ModelConfig
@@ -74,7 +74,7 @@ def test_untrained_model_answers_only_valid_labels_and_numbers(config):
         prediction = model.predict(make_batch(task, targets, seed=task))
         assert prediction.parse_failures == 0
         assert prediction.expert_weights.shape == (5, 3)
-        valid = list(TASKS[task].label.classes) if task < 2 else score_answers(-1.0, 1.0)
+        valid = list(TASKS[task].label.classes) if task < 2 else score_strings(-1.0, 1.0)
         assert all(a in valid for a in prediction.answers)
         if task < 2:
             assert [valid[v] for v in prediction.values] == prediction.answers
@@ -97,7 +97,7 @@ def test_mixed_task_batch_and_loss_parts(config):
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     prediction = model.predict(mixed)
-    assert prediction.answers[0] in EMOTIONS and prediction.answers[2] in score_answers(-1.0, 1.0)
+    assert prediction.answers[0] in EMOTIONS and prediction.answers[2] in score_strings(-1.0, 1.0)
     assert model.training  # predict() restores the mode it found
     unlabelled = make_batch(0, [0, 2], seed=7)
     unlabelled.targets = [-1, 2]
@@ -142,7 +142,7 @@ def test_smollm2_model_trains_predicts_and_reloads(tmp_path):
     batch = make_batch(2, [0.4, -0.2, 1.0], seed=8)
     model(batch).loss.backward()
     prediction = model.predict(batch)
-    assert prediction.parse_failures == 0 and all(a in score_answers(-1.0, 1.0) for a in prediction.answers)
+    assert prediction.parse_failures == 0 and all(a in score_strings(-1.0, 1.0) for a in prediction.answers)
     directory = model.save(tmp_path / "model")
     adapter = json.loads((directory / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == config.llm  # portable: no site-packages path

@@ -5,7 +5,9 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import synthetic_cache as sc
@@ -147,3 +149,164 @@ def test_transcripts_and_earlier_turns_reach_the_prompt_only_with_the_text_modal
     without = load_split(cache, "train", ["audio", "visual"], task, 0, context_turns=2)
     assert set(without.texts) == {""}
     assert next(iter(BatchStream([without], len(without), shuffle=False))).history == [[]] * len(without)
+
+
+# --- devices, options, caches that do not fit together -------------------------------------------------------------
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    from egmf.pipeline.train import pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    torchrun = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}  # second process of the second machine
+    assert pick_device("auto", torchrun) == torch.device("cuda", 1)
+    assert pick_device("cuda", torchrun) == torch.device("cuda", 1)
+    assert pick_device("cuda:0", torchrun) == torch.device("cuda", 0)  # asked for by index: kept
+    assert pick_device("cpu", torchrun) == torch.device("cpu")
+    assert pick_device("auto", {"WORLD_SIZE": "1", "LOCAL_RANK": "0"}) == torch.device("cuda")
+    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", torchrun) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--epochs", "0", "--epochs 0: must be at least 1"),
+    ("--max-steps", "0", "--max-steps 0: must be at least 1. Fix: leave --max-steps out for no limit"),
+    ("--checkpoint-every", "-1", "--checkpoint-every -1: must be at least 0"),
+    ("--patience", "0", "--patience 0: must be at least 1"),
+    ("--precision", "fp16", "--precision fp16: unknown. Fix: choose one of auto, fp32, bf16"),
+])
+def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tmp_path, option, value, message):
+    r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                                  option, value])
+    assert r.exit_code == 1 and message in r.stderr and "Fix:" in r.stderr, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)  # an explanation, not a traceback
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_every_0_keeps_only_the_epoch_checkpoints(class_cache, tmp_path, monkeypatch):
+    from egmf.pipeline.runfolder import RunFolder
+    saved, save = [], RunFolder.save_checkpoint
+    monkeypatch.setattr(RunFolder, "save_checkpoint",
+                        lambda self, model, opt, sched, state: saved.append(state["step"]) or save(
+                            self, model, opt, sched, state))
+    _train(class_cache, tmp_path / "run", batch_size=2, checkpoint_every=0)  # 5 steps per epoch
+    assert saved == [5, 10]
+
+
+def test_caches_with_other_feature_sizes_are_refused_naming_each(class_cache, tmp_path, monkeypatch):
+    monkeypatch.setitem(sc.DIMS, "text", (7, 6))
+    other = tmp_path / "other"
+    sc.write(other, n=30, rows_per_shard=8, kind="score")
+    with pytest.raises(CacheError, match=rf"text features differ in size \({class_cache}: 8, {other}: 6\).*"
+                                         "Fix: extract every corpus with the same --preset"):
+        Trainer(TrainConfig(caches=[str(class_cache), str(other)], out=str(tmp_path / "run"), preset="tiny"))
+    Trainer(TrainConfig(caches=[str(class_cache), str(other)], out=str(tmp_path / "run"), preset="tiny",
+                        modalities=["audio", "visual"]))  # without text they fit
+
+
+def test_checkpoints_carry_the_cuda_rng_state_where_there_is_cuda(monkeypatch):
+    from egmf.pipeline import runfolder
+    generator = torch.tensor([7, 1], dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: generator.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    state = runfolder._rng_state()
+    runfolder._set_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0], generator)
+    runfolder._set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a checkpoint made without CUDA
+    assert len(restored) == 1
+
+
+# --- stopping mid-epoch and resuming -------------------------------------------------------------------------------
+
+def test_a_max_steps_stop_mid_epoch_neither_counts_as_an_epoch_nor_repeats_in_the_history(class_cache, tmp_path,
+                                                                                      monkeypatch):
+    # Every dev score is equal, so each finished epoch after the first counts towards early stopping.
+    monkeypatch.setattr("egmf.pipeline.train.primary_score", lambda task, metrics: 0.0)
+    run = tmp_path / "run"
+
+    def checkpoint():
+        return torch.load(run / "checkpoint.pt", weights_only=False)["state"]
+
+    def history():
+        records = json.loads((run / "metrics.json").read_text())["history"]
+        return [(h["epoch"], h["step"], h["finished"]) for h in records]
+
+    _train(class_cache, run, epochs=3, patience=3, batch_size=2, max_steps=2)  # 5 steps per epoch
+    assert history() == [(1, 2, False)] and (run / "model").is_dir()  # a model to evaluate all the same
+    _train(class_cache, run, epochs=3, patience=3, batch_size=2, max_steps=7)
+    assert history() == [(1, 5, True), (2, 7, False)]
+    assert checkpoint()["bad_epochs"] == 0 and checkpoint()["epoch"] == 1
+    summary = _train(class_cache, run, epochs=3, patience=3, batch_size=2)
+    assert history() == [(1, 5, True), (2, 10, True), (3, 15, True)]
+    assert checkpoint()["bad_epochs"] == 2 and summary["steps"] == 15 and summary["best_epoch"] == 1
+
+
+# --- several seeds and processes -----------------------------------------------------------------------------------
+
+def test_seeds_json_is_written_by_the_first_process_only(tmp_path, monkeypatch):
+    from egmf.pipeline import train
+
+    class Fake:
+        def __init__(self, cfg):
+            self.seed = cfg.seed
+
+        def fit(self):
+            return {"best_dev": {"t": {"Accuracy": self.seed / 10, "Corr": None if self.seed == 2 else 0.5}}}
+
+    monkeypatch.setattr(train, "Trainer", Fake)
+    cfg = TrainConfig(caches=["c"], out=str(tmp_path / "r"))
+    monkeypatch.setenv("RANK", "1")
+    result = train.train_seeds(cfg, [1, 2])
+    assert not (tmp_path / "r" / "seeds.json").exists()
+    assert result["dev"] == {"t": {"Accuracy": {"mean": pytest.approx(0.15), "std": pytest.approx(0.05)}}}
+    monkeypatch.setenv("RANK", "0")
+    train.train_seeds(cfg, [1, 2])
+    assert (tmp_path / "r" / "seeds.json").exists()
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_every_process_gets_as_many_batches_even_with_fewer_batches_than_processes(class_cache, world):
+    from egmf.pipeline.data import BatchStream, load_split, task_of
+    cache = Cache.open(class_cache)
+    data = load_split(cache, "train", ["text"], task_of(cache), 0)  # 10 rows: 2 batches of 8
+    counts = [len(BatchStream([data], 8, shuffle=True, rank=r, world=world)) for r in range(world)]
+    assert counts == [1] * world
+    rows = [r for k in range(world) for b in BatchStream([data], 8, shuffle=False, rank=k, world=world)
+            for r in b.rows.tolist()]
+    assert set(rows) <= set(data.rows.tolist()) and len(rows) >= 8
+
+
+def test_eval_uses_the_runs_precision(class_cache, tmp_path, monkeypatch):
+    from egmf.pipeline import train
+    _train(class_cache, tmp_path / "run", epochs=1, precision="fp32")
+    asked = []
+    monkeypatch.setattr(train, "use_bf16", lambda precision, device: asked.append(precision) or False)
+    evaluate_run(str(tmp_path / "run"), str(class_cache), "test")
+    assert asked == ["fp32"]
+
+
+# --- the dialogue context's pooled features --------------------------------------------------------------------------
+
+def test_pooled_context_is_computed_once_and_only_for_splits_with_context(class_cache, monkeypatch):
+    from egmf.pipeline import data as data_module
+    from egmf.pipeline.data import BatchStream, load_split, task_of
+    cache = Cache.open(class_cache)
+    calls, mean_steps = [], data_module._mean_steps
+    monkeypatch.setattr(data_module, "_mean_steps", lambda x, lengths: calls.append(1) or mean_steps(x, lengths))
+    plain = load_split(cache, "dev", ["audio", "text"], task_of(cache), 0, context_turns=0)
+    batch = next(iter(BatchStream([plain], 4, shuffle=False)))
+    assert batch.context["audio"].shape == (4, 0, 4) and not calls  # no context wanted: nothing pooled
+    dialogue = load_split(cache, "dev", ["audio", "text"], task_of(cache), 0, context_turns=2)
+    for _ in range(3):  # as in three dev evaluations
+        batches = list(BatchStream([dialogue], 4, shuffle=False))
+    assert len(calls) == 2  # once per modality
+    for m in ("audio", "text"):  # some rows lack audio: they pool to zeros
+        x, lengths = dialogue.features[m], dialogue.lengths[m]
+        expected = np.stack([x[i, :n].astype(np.float32).mean(0) if n else np.zeros(x.shape[2], np.float32)
+                             for i, n in enumerate(lengths)])
+        np.testing.assert_allclose(dialogue.pooled()[m], expected, rtol=1e-6, atol=1e-6)
+    row = int(np.flatnonzero(dialogue.context[:4, -1] >= 0)[0])  # the first row of the batch after another turn
+    turn = dialogue.context[row, -1]
+    assert batches[0].context_mask[row, -1] and expected[turn].any()
+    np.testing.assert_allclose(batches[0].context["text"][row, -1].numpy(), expected[turn], rtol=1e-6)

@@ -96,7 +96,7 @@ def media_batches(utts: list, encoders: dict, task, batch_size: int, context_tur
             data = SplitData(features, lengths, np.full((n, context_turns), -1, np.int64),
                              [u.text for u in chunk], [u.language for u in chunk],
                              [u.labels[task.label.name] for u in chunk], np.arange(n), 0)
-            yield collate(data, np.arange(n), data.pooled())
+            yield collate(data, np.arange(n))
 
 
 def bench_cache_vs_media(ws: Workspace) -> dict:
