@@ -11,10 +11,10 @@ from egmf.cache.layout import shard_blocks
 from egmf.cache.reader import Cache
 
 
-def store_size(url: str) -> int | None:
+def store_size(url: str, storage_options: dict | None = None) -> int | None:
     """Bytes on disk (or in the bucket); None where the filesystem cannot list (plain HTTP)."""
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return int(fs.du(path, total=True))
     except (NotImplementedError, OSError, ValueError):
         return None
@@ -42,7 +42,7 @@ def info(cache: Cache) -> dict:
         "schema_version": h.schema_version,
         "created": h.created,
         "egmf_version": h.egmf_version,
-        "size_bytes": store_size(cache.url),
+        "size_bytes": store_size(cache.url, cache.storage_options),
     }
 
 

@@ -31,7 +31,7 @@ class Cache:
     """A store opened read-only, from a local path or any fsspec URL (http://, s3://, ...)."""
 
     def __init__(self, url, storage_options: dict | None = None):
-        self.url = str(url)
+        self.url, self.storage_options = str(url), storage_options
         self.group = open_group(self.url, "r", storage_options)
         self.header = read_header(self.group, self.url)
 
