@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from egmf.cache import inspect
-from egmf.cache.mmsa import import_mmsa
-from egmf.cache.reader import Cache
-from egmf.cache.schema import CacheError
-from egmf.cache.writer import CacheWriter
+from . import inspect
+from .mmsa import import_mmsa
+from .reader import Cache
+from .schema import CacheError
+from .writer import CacheWriter
 
 app = typer.Typer(help="Inspect, verify and import EGMF feature caches (Zarr v3 stores; local paths or fsspec "
                        "URLs such as http://host/cache/sims or s3://bucket/sims).", no_args_is_help=True)

@@ -5,7 +5,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 
-from egmf.cache.schema import (SCHEMA_VERSION, CacheError, DatasetSpec, EncoderSpec, digest,
+from .schema import (SCHEMA_VERSION, CacheError, DatasetSpec, EncoderSpec, digest,
                                features_fingerprint)
 
 ATTR = "egmf"

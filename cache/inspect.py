@@ -7,8 +7,8 @@ import fsspec
 import numpy as np
 from tqdm import tqdm
 
-from egmf.cache.layout import shard_blocks
-from egmf.cache.reader import Cache
+from .layout import shard_blocks
+from .reader import Cache
 
 
 def store_size(url: str, storage_options: dict | None = None) -> int | None:

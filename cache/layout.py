@@ -13,7 +13,7 @@ from __future__ import annotations
 import zarr
 from zarr.codecs import ZstdCodec
 
-from egmf.cache.schema import CacheError
+from .schema import CacheError
 
 META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn")
 # zstd's checksum turns a truncated or damaged shard into a decode error instead of silent garbage.

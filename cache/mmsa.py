@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec, file_sha256
-from egmf.cache.writer import CacheWriter
+from .schema import DatasetSpec, EncoderSpec, LabelSpec, file_sha256
+from .writer import CacheWriter
 
 ADAPTER_VERSION = "1"
 SPLITS = {"train": "train", "valid": "dev", "test": "test"}

@@ -7,9 +7,9 @@ import os
 import dask.array as da
 import numpy as np
 
-from egmf.cache.header import read_header
-from egmf.cache.layout import META_COLUMNS, open_group
-from egmf.cache.schema import CacheError
+from .header import read_header
+from .layout import META_COLUMNS, open_group
+from .schema import CacheError
 
 # Read at most this many decoded bytes per request: large enough for zarr to fetch whole shards concurrently,
 # small enough that a scattered selection never holds much more than it returns.

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from zarr.core.sync import sync
 
-from egmf.cache.header import ATTR, Header, ids_digest, read_header
-from egmf.cache.layout import FEATURE_CODEC, META_COLUMNS, open_group, shard_blocks
-from egmf.cache.schema import MODALITIES, CacheError, DatasetSpec, EncoderSpec
+from .header import ATTR, Header, ids_digest, read_header
+from .layout import FEATURE_CODEC, META_COLUMNS, open_group, shard_blocks
+from .schema import MODALITIES, CacheError, DatasetSpec, EncoderSpec
 
 # Rows per compressed chunk inside a shard. One chunk per row made a full scan decode 49k chunks for a MOSEI-sized
 # split (3.4k chunks/s: 14.5 s against 0.3 s for .npy); 16 rows cut that 16-fold, and stage two reads whole

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import typer
 
-from egmf.cache.schema import MODALITIES, CacheError
-from egmf.extract import datasets
-from egmf.extract.models import quiet_loaders
-from egmf.extract.records import DatasetError
-from egmf.extract.run import EXIT_FAILED, ExtractConfig, extract
+from ..cache.schema import MODALITIES, CacheError
+from . import datasets
+from .models import quiet_loaders
+from .records import DatasetError
+from .run import EXIT_FAILED, ExtractConfig, extract
 
 quiet_loaders()
 

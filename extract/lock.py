@@ -11,8 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from egmf.cache.layout import is_url
-from egmf.cache.schema import CacheError
+from ..cache.layout import is_url
+from ..cache.schema import CacheError
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from egmf.cache.schema import file_sha256
+from ..cache.schema import file_sha256
 
 PACKAGE_PREFIX = "package:"
 RANDOM_PREFIX = "random:"

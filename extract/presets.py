@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egmf.extract.encoders import EncoderConfig
+from .encoders import EncoderConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 ENTRY_KEYS = {"family", "model", "max_steps", "params", "why"}

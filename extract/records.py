@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
+from ..cache.schema import DatasetSpec, LabelSpec
 
 
 class DatasetError(ValueError):

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egmf.cache.schema import EncoderSpec, digest
-from egmf.extract.encoders import POOLING, pool_steps
-from egmf.extract.records import DatasetError
+from ..cache.schema import EncoderSpec, digest
+from .encoders import POOLING, pool_steps
+from .records import DatasetError
 
 
 def load_npy(path: Path) -> np.ndarray:

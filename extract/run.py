@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from egmf.cache.layout import is_url
-from egmf.cache.schema import MODALITIES, CacheError
-from egmf.cache.writer import CacheWriter
-from egmf.extract import datasets
-from egmf.extract.encoders import build_encoder
-from egmf.extract.lock import store_lock
-from egmf.extract.media import decode_clip
-from egmf.extract.presets import load_preset
-from egmf.extract.records import Corpus, Utterance
-from egmf.extract.released import ReleasedFeatures
+from ..cache.layout import is_url
+from ..cache.schema import MODALITIES, CacheError
+from ..cache.writer import CacheWriter
+from . import datasets
+from .encoders import build_encoder
+from .lock import store_lock
+from .media import decode_clip
+from .presets import load_preset
+from .records import Corpus, Utterance
+from .released import ReleasedFeatures
 
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
 
@@ -256,7 +256,7 @@ def _run_distributed(cfg: ExtractConfig, configs, jobs, bar):
 # --- the end -----------------------------------------------------------------------------------------------------
 
 def _summarise(cfg, utts, already: int, extracted: int, seconds: float) -> Summary:
-    from egmf.cache.reader import Cache
+    from ..cache.reader import Cache
 
     cache = Cache.open(cfg.out)
     done = cache.done

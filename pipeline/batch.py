@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from egmf.cache.schema import LabelSpec
+from ..cache.schema import LabelSpec
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from egmf.cache.schema import CacheError
-from egmf.extract.models import quiet_loaders
-from egmf.pipeline.metrics import format_table, scalar_metrics
+from ..cache.schema import CacheError
+from ..extract.models import quiet_loaders
+from .metrics import format_table, scalar_metrics
 
 quiet_loaders()
 
@@ -50,7 +50,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     precision: str = typer.Option("auto", help="auto (bf16 on CUDA and bf16-capable CPUs), fp32 or bf16"),
 ):
-    from egmf.pipeline.train import ConfigError, TrainConfig, train_seeds
+    from .train import ConfigError, TrainConfig, train_seeds
 
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     try:
@@ -73,7 +73,7 @@ def evaluate(
     split: str = typer.Option("test"),
     device: str = typer.Option("auto"),
 ):
-    from egmf.pipeline.train import evaluate_run
+    from .train import evaluate_run
 
     try:
         result = evaluate_run(run, cache, split, device=device)
@@ -95,7 +95,7 @@ def predict(
     task: int = typer.Option(0, help="Task index for unified models (see RUN/config.json)"),
     device: str = typer.Option("auto"),
 ):
-    from egmf.pipeline.predict import predict_clip
+    from .predict import predict_clip
 
     try:
         answer = predict_clip(run, clip, text, language, task, device)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from egmf.cache.reader import Cache
-from egmf.cache.schema import CacheError
-from egmf.pipeline.batch import Batch, TaskSpec
+from ..cache.reader import Cache
+from ..cache.schema import CacheError
+from .batch import Batch, TaskSpec
 
 
 def task_of(cache: Cache) -> TaskSpec:

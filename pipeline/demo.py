@@ -11,10 +11,10 @@ from pathlib import Path
 
 import typer
 
-from egmf.extract.models import quiet_loaders
-from egmf.extract.run import ExtractConfig, extract
-from egmf.pipeline.metrics import format_table, scalar_metrics
-from egmf.pipeline.train import TrainConfig, Trainer, evaluate_run
+from ..extract.models import quiet_loaders
+from ..extract.run import ExtractConfig, extract
+from .metrics import format_table, scalar_metrics
+from .train import TrainConfig, Trainer, evaluate_run
 
 demo_app = typer.Typer(add_completion=False)
 SETTINGS = {"all": None, "audio": ["audio"], "visual": ["visual"], "text": ["text"]}

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egmf.pipeline import plots
-from egmf.pipeline.batch import TaskSpec
-from egmf.pipeline.data import BatchStream, SplitData
-from egmf.pipeline.metrics import compute_metrics, expert_gates_by_class, metric_kind
+from . import plots
+from .batch import TaskSpec
+from .data import BatchStream, SplitData
+from .metrics import compute_metrics, expert_gates_by_class, metric_kind
 
 
 @dataclass

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from egmf.cache.schema import LabelSpec
-from egmf.fuse import FusionConfig, FusionNetwork
-from egmf.llm.decoding import AnswerTrie, score_answers
-from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
-from egmf.llm.lora import ATTENTION, attach_lora, load_lora
-from egmf.llm.prompts import Prompter, format_score
-from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
+from ..cache.schema import LabelSpec
+from ..fuse import FusionConfig, FusionNetwork
+from ..llm.decoding import AnswerTrie, score_answers
+from ..llm.loading import DEFAULT_LLM, load_causal_lm
+from ..llm.lora import ATTENTION, attach_lora, load_lora
+from ..llm.prompts import Prompter, format_score
+from ..llm.sequences import answer_loss, causal_mask, embed_rows, positions
 
 from .batch import Batch, TaskSpec
 

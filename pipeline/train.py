@@ -21,17 +21,17 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from egmf.cache.reader import Cache
-from egmf.cache.schema import CacheError
-from egmf.pipeline import plots
-from egmf.pipeline.data import BatchStream, load_split, task_of
-from egmf.pipeline.evaluate import (SplitPredictions, headline, plot_predictions, predict_split, primary_score,
+from ..cache.reader import Cache
+from ..cache.schema import CacheError
+from . import plots
+from .data import BatchStream, load_split, task_of
+from .evaluate import (SplitPredictions, headline, plot_predictions, predict_split, primary_score,
                                     split_metrics)
-from egmf.pipeline.metrics import scalar_metrics
-from egmf.pipeline.model import EGMF
-from egmf.pipeline.precision import PRECISIONS, autocast, use_bf16
-from egmf.pipeline.presets import model_config
-from egmf.pipeline.runfolder import RunFolder
+from .metrics import scalar_metrics
+from .model import EGMF
+from .precision import PRECISIONS, autocast, use_bf16
+from .presets import model_config
+from .runfolder import RunFolder
 
 
 class ConfigError(ValueError):

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
-from egmf.extract.records import Corpus, DatasetError, Utterance, parse_class, validate
+from ...cache.schema import DatasetSpec, LabelSpec
+from ..records import Corpus, DatasetError, Utterance, parse_class, validate
 
 ADAPTER_VERSION = "1"
 # anger, disgust, fear, happiness, calm (neutral), sadness, surprise: the class order of the released code

@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
-from egmf.extract.media import write_mp4
-from egmf.extract.records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
+from ...cache.schema import DatasetSpec, LabelSpec
+from ..media import write_mp4
+from ..records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
                                   require_columns, validate)
 
 ADAPTER_VERSION = "1"  # bump when a change to the generator changes the clips or labels

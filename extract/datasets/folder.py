@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
-from egmf.extract.records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
+from ...cache.schema import DatasetSpec, LabelSpec
+from ..records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
                                   require_columns, validate)
 
 ADAPTER_VERSION = "1"

@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
-from egmf.extract.records import (Corpus, DatasetError, Utterance, parse_class, read_csv, require_columns,
+from ...cache.schema import DatasetSpec, LabelSpec
+from ..records import (Corpus, DatasetError, Utterance, parse_class, read_csv, require_columns,
                                   validate)
 
 ADAPTER_VERSION = "1"

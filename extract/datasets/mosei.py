@@ -29,9 +29,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from egmf.cache.schema import DatasetSpec, LabelSpec
-from egmf.extract.datasets.sims_v2 import load_mmsa
-from egmf.extract.records import Corpus, DatasetError, Utterance, validate
+from ...cache.schema import DatasetSpec, LabelSpec
+from .sims_v2 import load_mmsa
+from ..records import Corpus, DatasetError, Utterance, validate
 
 ADAPTER_VERSION = "1"
 SENTIMENT = LabelSpec("sentiment", "score", low=-3.0, high=3.0)

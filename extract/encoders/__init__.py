@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from egmf.cache.schema import MODALITIES, EncoderSpec
+from ...cache.schema import MODALITIES, EncoderSpec
 
 # family (= module in this package) -> its encoder class
 FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",

@@ -17,9 +17,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
-from egmf.cache.schema import file_sha256
-from egmf.extract.models import resolve, weights_identity
+from . import EncoderConfig, autocast, encode_present, make_spec
+from ...cache.schema import file_sha256
+from ..models import resolve, weights_identity
 
 DEFAULT_FPS = 2  # frames per second the media decoder samples, when a preset does not say
 DEFAULT_MAX_FRAMES = 32  # cap per clip: longer clips are sampled more sparsely

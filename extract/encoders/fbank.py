@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-from egmf.cache.schema import digest
-from egmf.extract.encoders import EncoderConfig, encode_present, make_spec
+from ...cache.schema import digest
+from . import EncoderConfig, encode_present, make_spec
 
 
 class FbankEncoder:

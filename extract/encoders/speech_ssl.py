@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, AutoModel
 
-from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
-from egmf.extract.models import resolve, weights_identity
+from . import EncoderConfig, autocast, encode_present, make_spec
+from ..models import resolve, weights_identity
 
 MEAN_LAST = "mean_last_"
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from egmf.extract.encoders import EncoderConfig, autocast, encode_present, make_spec
-from egmf.extract.models import resolve, weights_identity
+from . import EncoderConfig, autocast, encode_present, make_spec
+from ..models import resolve, weights_identity
 
 
 class TextEncoder:

@@ -117,13 +117,13 @@ class Workspace:
 
     def demo(self, n_clips: int):
         """(root, corpus) of the demo corpus with n_clips clips, generated on first use."""
-        from egmf.extract.datasets import demo
+        from ...extract.datasets import demo
 
         root = self.root / f"demo-{n_clips}"
         return root, demo.load(root, n_clips=n_clips, seed=self.seed, progress=self.progress)
 
     def extract_config(self, n_clips: int, out: Path, limit: int | None = None):
-        from egmf.extract.run import ExtractConfig
+        from ...extract.run import ExtractConfig
 
         return ExtractConfig("demo", self.root / f"demo-{n_clips}", str(out), preset=self.sizes.encoders,
                              limit=limit, progress=False,
@@ -131,14 +131,14 @@ class Workspace:
 
     def encoders(self, corpus) -> dict:
         """The preset's encoders, loaded once per process and shared with egmf-extract's own runs."""
-        from egmf.extract.presets import load_preset
-        from egmf.extract.run import cached_encoder, main_language
+        from ...extract.presets import load_preset
+        from ...extract.run import cached_encoder, main_language
 
         configs = load_preset(self.sizes.encoders).encoders(main_language(corpus))
         return {m: cached_encoder(c, "auto") for m, c in configs.items()}
 
     def demo_cache(self) -> str:
-        from egmf.extract.run import extract
+        from ...extract.run import extract
 
         url = self.root / "demo-cache"
         if not url.exists():

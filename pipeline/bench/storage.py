@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from egmf.cache.mmsa import SOURCES as MMSA_KEYS
-from egmf.cache.mmsa import SPLITS as MMSA_SPLITS
+from ...cache.mmsa import SOURCES as MMSA_KEYS
+from ...cache.mmsa import SPLITS as MMSA_SPLITS
 
 from .common import MB, Workspace, proc_kib, check, in_subprocess, peak_rss, result, timed
 
@@ -36,8 +36,8 @@ def write_synthetic_mosei(folder: Path, rows: dict, seed: int = 0) -> dict[str, 
     padding. Values are standard normal, so only the padding and float16 make the cache smaller; features with
     more structure may compress better.
     """
-    from egmf.cache.schema import DatasetSpec, EncoderSpec, LabelSpec
-    from egmf.cache.writer import CacheWriter
+    from ...cache.schema import DatasetSpec, EncoderSpec, LabelSpec
+    from ...cache.writer import CacheWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -95,7 +95,7 @@ def read_probe(fmt: str, path: str, split: str, rows: int | None) -> dict:
     """Run in a fresh process: read the first `rows` rows (None: all) of one split as the format allows, and
     report the time, the bytes read into RAM and the process's peak resident memory."""
     if fmt in ("cache", "zarr"):
-        from egmf.cache.reader import Cache  # imported before the clock starts, as the others need no import
+        from ...cache.reader import Cache  # imported before the clock starts, as the others need no import
     before = proc_kib("/proc/self/status", "VmRSS") * 1024
     tick = time.perf_counter()
     if fmt == "pickle":  # the whole file, every split, before any row is there
@@ -150,7 +150,7 @@ def zstd_decode_rate(npy: Path, split: str = "train", rows: int = 64, repeats: i
     per chunk as the store holds them: no layout of a zstd store reads faster per core."""
     import numcodecs
 
-    from egmf.cache.layout import FEATURE_CODEC
+    from ...cache.layout import FEATURE_CODEC
 
     codec = numcodecs.Zstd(level=FEATURE_CODEC.level, checksum=FEATURE_CODEC.checksum)
     arrays = [np.load(npy / f"{split}_{m}.npy", mmap_mode="r")[:rows] for m in MOSEI]
@@ -161,7 +161,7 @@ def zstd_decode_rate(npy: Path, split: str = "train", rows: int = 64, repeats: i
 
 def bench_storage(ws: Workspace) -> dict:
     """2: the cache against an MMSA-style pickle and plain .npy on synthetic MOSEI-sized features."""
-    from egmf.cache.reader import Cache, available_memory
+    from ...cache.reader import Cache, available_memory
 
     s = ws.sizes
     n, train = sum(s.mosei_rows.values()), s.mosei_rows["train"]

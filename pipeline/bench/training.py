@@ -12,9 +12,9 @@ from .extraction import warm_up
 
 
 def fresh_model(cache, task, preset: str, seed: int):
-    from egmf.pipeline.model import EGMF
-    from egmf.pipeline.presets import model_config
-    from egmf.pipeline.train import seed_everything
+    from ..model import EGMF
+    from ..presets import model_config
+    from ..train import seed_everything
 
     seed_everything(seed)
     return EGMF(model_config(preset, {m: e.dim for m, e in cache.encoders.items()}, [task]))
@@ -26,7 +26,7 @@ def train_epochs(runs: dict) -> dict:
     Returns per run the seconds of its own steps, the part of them spent waiting for a batch, and the steps."""
     import torch
 
-    from egmf.pipeline.train import TrainConfig
+    from ..train import TrainConfig
 
     live, out = {}, {}
     for name, (model, batches) in runs.items():
@@ -55,8 +55,8 @@ def train_epochs(runs: dict) -> dict:
 
 def load_train_split(url: str, context_turns: int):
     """(cache, task, split data) of the training rows; the time it takes is part of a cache epoch."""
-    from egmf.cache.reader import Cache
-    from egmf.pipeline.data import load_split, task_of
+    from ...cache.reader import Cache
+    from ..data import load_split, task_of
 
     cache = Cache.open(url)
     task = task_of(cache)
@@ -77,8 +77,8 @@ def media_batches(utts: list, encoders: dict, task, batch_size: int, context_tur
     """Batches made the way a pipeline without a cache makes them: every clip of every batch decoded (a thread
     pool, as egmf-extract decodes) and run through the encoders (batched), then padded and collated like the
     cache's rows. timings accumulates seconds per stage: decode and each modality."""
-    from egmf.extract.run import ExtractConfig, encode_block, submit_decodes
-    from egmf.pipeline.data import SplitData, collate
+    from ...extract.run import ExtractConfig, encode_block, submit_decodes
+    from ..data import SplitData, collate
 
     with ThreadPoolExecutor(ExtractConfig.decode_threads) as pool:
         for a in range(0, len(utts), batch_size):
@@ -101,10 +101,10 @@ def media_batches(utts: list, encoders: dict, task, batch_size: int, context_tur
 
 def bench_cache_vs_media(ws: Workspace) -> dict:
     """1: one training epoch on the demo corpus reading the cache, against the same epoch from raw media."""
-    from egmf.cache.schema import features_fingerprint
-    from egmf.extract.datasets.demo import DemoConfig
-    from egmf.pipeline.data import BatchStream
-    from egmf.pipeline.train import TrainConfig
+    from ...cache.schema import features_fingerprint
+    from ...extract.datasets.demo import DemoConfig
+    from ..data import BatchStream
+    from ..train import TrainConfig
 
     s, context, clip = ws.sizes, TrainConfig.context_turns, DemoConfig()
     url = ws.demo_cache()
@@ -158,8 +158,8 @@ def bench_cache_vs_media(ws: Workspace) -> dict:
 
 def bench_input_pipeline(ws: Workspace) -> dict:
     """5: the share of training step time spent waiting for data, and whether the Trainer's own number says so."""
-    from egmf.pipeline.data import BatchStream
-    from egmf.pipeline.train import TrainConfig, Trainer
+    from ..data import BatchStream
+    from ..train import TrainConfig, Trainer
 
     s = ws.sizes
     url = ws.demo_cache()
