@@ -1,47 +1,23 @@
 """Corpus adapters on their real layouts: the real MELD label files, and small generated corpora (label files,
 released features and real mp4 clips) for every adapter, including the label-file faults each must refuse."""
-import csv
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from egmf.extract.datasets import cherma, folder, get, meld, mosei, sims_v2
 from shared_data import MELD_DATA, require_meld
 from egmf.extract.media import decode_clip
-from egmf.extract.records import DatasetError
+from corpusgen import MMSA_COLUMNS, MELD_COLUMNS, refuses, write_csd, write_csv
 from mediagen import make_clip
-
-MELD_COLUMNS = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
-                "Episode", "StartTime", "EndTime"]
-MMSA_COLUMNS = ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"]
-
-
-def write_csv(path: Path, header, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def refuses(load, *args, match: str, line: int | None = None, **kwargs) -> DatasetError:
-    with pytest.raises(DatasetError, match=match) as caught:
-        load(*args, **kwargs)
-    if line is not None:
-        assert caught.value.line == line and f"line {line}:" in str(caught.value)
-    assert "Fix:" in str(caught.value)
-    return caught.value
 
 
 # ---------------------------------------------------------------- MELD, the real label files
 
 @pytest.fixture(scope="module")
 def real_meld():
-    return meld.load(require_meld())
+    return meld.load(require_meld(), splits="train,dev")
 
 
 def test_meld_real_files_splits_and_rows(real_meld):
@@ -80,7 +56,7 @@ def meld_row(sr, text, emotion, sentiment, dialogue, turn, start='"00:16:16,059"
 @pytest.fixture
 def meld_root(tmp_path):
     write_csv(tmp_path / "train_sent_emo.csv", MELD_COLUMNS, [
-        meld_row(1, "I\u00e2\u0080\u0099m fine, really.", "joy", "positive", 0, 0),
+        meld_row(1, "I\u0092m\u00a0fine, really.\u0085", "joy", "positive", 0, 0),
         meld_row(3, "", "neutral", "neutral", 0, 1, "0:16:22,000"),  # Sr No. gap, short timestamp, no words
         meld_row(4, "Caf\u00e9?", "anger", "negative", 1, 0),
     ])
@@ -90,9 +66,9 @@ def meld_root(tmp_path):
 
 
 def test_meld_generated_corpus_with_clips(meld_root):
-    corpus = get("meld").load(meld_root)
+    corpus = get("meld").load(meld_root, splits="train")
     assert [u.id for u in corpus.utterances] == ["train/dia0_utt0", "train/dia0_utt1", "train/dia1_utt0"]
-    assert [u.text for u in corpus.utterances] == ["I\u2019m fine, really.", "", "Caf\u00e9?"]
+    assert [u.text for u in corpus.utterances] == ["I\u2019m fine, really.\u2026", "", "Caf\u00e9?"]
     assert [(u.dialogue, u.turn) for u in corpus.utterances] == [("train/0", 0), ("train/0", 1), ("train/1", 0)]
     assert corpus.utterances[2].labels == {"emotion": 6, "sentiment": 0}
     assert corpus.spec.task == "emotion" and corpus.spec.label("sentiment").classes == meld.SENTIMENTS
@@ -103,31 +79,25 @@ def test_meld_generated_corpus_with_clips(meld_root):
 
 
 def test_meld_bad_label_files(tmp_path):
-    refuses(meld.load, tmp_path, match="no MELD label file")
+    refuses(meld.load, tmp_path, match="no train_sent_emo.csv")
     path = write_csv(tmp_path / "dev_sent_emo.csv", MELD_COLUMNS,
                      [meld_row(1, "Hi.", "joy", "positive", 0, 0), meld_row(2, "Ugh.", "grumpy", "negative", 0, 1)])
-    error = refuses(meld.load, tmp_path, match="unknown emotion 'grumpy'", line=3)
+    error = refuses(meld.load, tmp_path, splits="dev", match="unknown emotion 'grumpy'", line=3)
     assert error.path == path and "neutral, surprise, fear" in str(error)
     write_csv(path, MELD_COLUMNS, [meld_row(1, "Hi.", "joy", "positive", 0, 0),
                                    meld_row(2, "Hi again.", "joy", "positive", 0, 0)])
-    refuses(meld.load, tmp_path, match="duplicate id 'dev/dia0_utt0'", line=3)
+    refuses(meld.load, tmp_path, splits="dev", match="duplicate id 'dev/dia0_utt0'", line=3)
     write_csv(path, [c for c in MELD_COLUMNS if c != "Emotion"], [[1, "Hi.", "Joey", "positive", 0, 0, 1, 1, "", ""]])
-    refuses(meld.load, tmp_path, match="missing column.*Emotion", line=1)
+    refuses(meld.load, tmp_path, splits="dev", match="missing column.*Emotion", line=1)
     path.write_text("Sr No.,Utterance,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n1,\"A\nB\",joy,positive,x,0\n",
                     encoding="utf-8")
-    refuses(meld.load, tmp_path, match="Dialogue_ID 'x' is not a whole number", line=2)
+    refuses(meld.load, tmp_path, splits="dev", match="Dialogue_ID 'x' is not a whole number", line=2)
 
 
 def test_meld_non_utf8_file_names_the_line(tmp_path):
     (tmp_path / "train_sent_emo.csv").write_bytes(
         ",".join(MELD_COLUMNS).encode() + b"\n1,ok,A,joy,positive,0,0,1,1,,\n2,caf\xe9,A,joy,positive,0,1,1,1,,\n")
-    refuses(meld.load, tmp_path, match="not UTF-8", line=3)
-
-
-def test_repair_mojibake_leaves_real_accents():
-    assert meld.repair_mojibake("I\u00e2\u0080\u0099m") == "I\u2019m"  # read as Latin-1
-    assert meld.repair_mojibake("I\u00e2\u20ac\u2122m") == "I\u2019m"  # read as cp1252
-    assert meld.repair_mojibake("fianc\u00e9e\u2019s Caf\u00e9\u2026") == "fianc\u00e9e\u2019s Caf\u00e9\u2026"
+    refuses(meld.load, tmp_path, splits="train", match="not UTF-8", line=3)
 
 
 # ---------------------------------------------------------------- CH-SIMS v2
@@ -204,16 +174,6 @@ def test_mosei_bad_scores(tmp_path, label, match):
 
 def test_mosei_without_label_file(tmp_path):
     refuses(mosei.load, tmp_path, match="label file not found")
-
-
-def write_csd(path: Path, name: str, data: dict) -> None:
-    """A computational sequence as the CMU-MultimodalSDK writes it."""
-    with h5py.File(path, "w") as f:
-        group = f.create_group(name)
-        for video, (features, intervals) in data.items():
-            group.create_dataset(f"data/{video}/features", data=features)
-            group.create_dataset(f"data/{video}/intervals", data=intervals)
-        group.create_dataset("metadata/dataset name", data=[json.dumps("CMU-MOSEI")])
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def test_rerun_resumes_only_unfinished_blocks(demo_root, tmp_path):
 
 def test_text_only_cache_from_the_real_meld_csvs_needs_no_media(tmp_path):
     r = runner.invoke(app, ["--dataset", "meld", "--root", str(require_meld()), "--out", str(tmp_path / "meld"),
-                            "--modalities", "text", "--preset", "tiny", "--limit", "40"])
+                            "--modalities", "text", "--preset", "tiny", "--limit", "40", "--opt", "splits=train,dev"])
     assert r.exit_code == EXIT_OK, r.output
     c = Cache.open(tmp_path / "meld")
     assert c.modalities == ("text",) and c.done.all() and c.n_rows == 40
@@ -114,9 +114,9 @@ def test_a_second_run_on_a_locked_store_is_refused(tmp_path):
     with store_lock(out):
         with pytest.raises(CacheError, match=r"being written by egmf-extract pid \d+.*wait"):
             extract(ExtractConfig("meld", meld, out, preset="tiny", modalities=("text",), limit=8,
-                                  progress=False))
+                                  progress=False, dataset_options={"splits": "train"}))
     assert extract(ExtractConfig("meld", meld, out, preset="tiny", modalities=("text",), limit=8,
-                                 progress=False)).extracted == 8
+                                 progress=False, dataset_options={"splits": "train"})).extracted == 8
 
 
 def write_cherma(root, missing=()) -> dict:

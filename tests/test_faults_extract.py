@@ -186,7 +186,7 @@ def test_a_bad_label_file_stops_the_command_naming_file_and_line(tmp_path, datas
     (tmp_path / file).write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "store"
     r = runner.invoke(app, ["--dataset", dataset, "--root", str(tmp_path), "--out", str(out), "--preset", "tiny",
-                            "--threads", "1", "--modalities", "text"])
+                            "--threads", "1", "--modalities", "text", *(["--opt", "splits=dev"] * (dataset == "meld"))])
     assert r.exit_code == EXIT_FAILED
     assert r.stderr.startswith(f"error: {tmp_path / file}, line {line}: {problem}") and "Fix:" in r.stderr
     assert r.stdout == "" and not out.exists()  # no store with a guessed default
@@ -197,7 +197,7 @@ def test_an_empty_transcript_is_a_reported_skip(tmp_path):
         "\n".join([MELD_HEADER, meld_line(1, "Hi.", "joy", 0), meld_line(2, "", "anger", 1)]) + "\n")
     out = tmp_path / "store"
     r = runner.invoke(app, ["--dataset", "meld", "--root", str(tmp_path), "--out", str(out), "--preset", "tiny",
-                            "--threads", "1", "--modalities", "text"])
+                            "--threads", "1", "--modalities", "text", "--opt", "splits=dev"])
     assert r.exit_code == EXIT_PARTIAL, r.output
     assert skipped(out) == {("dev/dia0_utt1", "text"): "empty transcript"}
     c = Cache.open(out)
