@@ -145,7 +145,7 @@ def test_sims_v2_bad_rows(tmp_path, row_change, match):
 
 
 def test_sims_v2_missing_files_and_columns(tmp_path):
-    refuses(sims_v2.load, tmp_path, match="no meta.csv or label.csv")
+    refuses(sims_v2.load, tmp_path, match="no CH-SIMS v2 label file")
     write_csv(tmp_path / "meta.csv", [c for c in MMSA_COLUMNS if c != "label_V"], [])
     refuses(sims_v2.load, tmp_path, match="missing column.*label_V", line=1)
     refuses(sims_v2.load, tmp_path, match="unknown part 'semi'", part="semi")
@@ -179,7 +179,8 @@ def test_mosei_without_label_file(tmp_path):
 @pytest.fixture
 def mosei_csd(tmp_path):
     write_csd(tmp_path / mosei.LABELS_CSD, "All Labels", {
-        "vidA": (np.array([[2.0, 1, 0, 0, 0, 0, 0], [-1.5, 0, 2, 1, 0, 0, 0]]), np.array([[0.5, 1.5], [1.5, 2.5]])),
+        # the SDK's rows are not in time order: the later segment comes first in the file
+        "vidA": (np.array([[-1.5, 0, 2, 1, 0, 0, 0], [2.0, 1, 0, 0, 0, 0, 0]]), np.array([[1.5, 2.5], [0.5, 1.5]])),
         "vidB": (np.array([[0.0, 0, 0, 0, 3, 0, 0]]), np.array([[0.0, 1.0]])),
         "vidC": (np.array([[1.0, 0, 0, 0, 0, 0, 0]]), np.array([[0.0, 1.0]])),
     })
@@ -196,7 +197,8 @@ def test_mosei_csd_segments_are_spans_of_full_videos(mosei_csd):
     with pytest.warns(UserWarning, match="1 videos are in no fold and left out: vidC"):
         corpus = mosei.load(mosei_csd, source="csd", folds="cmu_mosei_std_folds.py")
     assert [(u.id, u.split, u.start, u.end) for u in corpus.utterances] == [
-        ("vidA/0", "train", 0.5, 1.5), ("vidA/1", "train", 1.5, 2.5), ("vidB/0", "dev", 0.0, 1.0)]
+        ("vidA/seg0", "train", 0.5, 1.5), ("vidA/seg1", "train", 1.5, 2.5), ("vidB/seg0", "dev", 0.0, 1.0)]
+    assert [u.labels["sentiment"] for u in corpus.utterances] == [2.0, -1.5, 0.0]  # labels follow their spans
     first, second = corpus.utterances[:2]
     assert first.text == "i loved it" and second.text == "but no" and corpus.utterances[2].text == ""
     assert second.labels == {"sentiment": -1.5, "happy": 0.0, "sad": 2.0, "anger": 1.0, "surprise": 0.0,
@@ -212,7 +214,7 @@ def test_mosei_csd_bad_inputs(mosei_csd):
     refuses(mosei.load, mosei_csd, source="csd", folds="folds.py", match="expected the lists")
     write_csd(mosei_csd / mosei.LABELS_CSD, "All Labels", {"vidA": (np.array([[3.5, 0, 0, 0, 0, 0, 0]]),
                                                                      np.array([[0.0, 1.0]]))})
-    refuses(mosei.load, mosei_csd, source="csd", folds="cmu_mosei_std_folds.py", match=r"vidA/0: sentiment 3.5")
+    refuses(mosei.load, mosei_csd, source="csd", folds="cmu_mosei_std_folds.py", match=r"vidA/seg0: sentiment 3.5")
     (mosei_csd / mosei.LABELS_CSD).write_text("not hdf5")
     refuses(mosei.load, mosei_csd, source="csd", folds="cmu_mosei_std_folds.py", match="not a computational")
 

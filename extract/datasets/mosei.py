@@ -3,20 +3,24 @@
 
 Two label sources (option source):
 
-- "mmsa" (default; the layout most fusion work uses): label.csv with the columns video_id, clip_id, text, label,
-  mode (label_T/_A/_V exist but are empty: MOSEI has no per-modality labels) and the clips
-  Raw/<video_id>/<clip_id>.mp4. Read by the same code as CH-SIMS v2 (sims_v2.load_mmsa): every row must be
-  labelled, mode train / valid / test becomes the split train / dev / test, ids are "<video_id>/<clip_id>".
+- "mmsa" (default; the layout most fusion work uses, see mmsa_layout.py): label.csv with the columns video_id,
+  clip_id, text, label, mode (label_T/_A/_V exist but are empty: MOSEI has no per-modality labels) and the clips
+  Raw/<video_id>/<clip_id>.mp4. Every row must be labelled; ids are "<video_id>/<clip_id>" as MMSA numbers them.
   MMSA's pre-extracted Processed/*.pkl features are imported by `egmf-cache import-mmsa`, not here.
 - "csd" (the official CMU-MultimodalSDK release): CMU_MOSEI_Labels.csd, HDF5 with
   <root name>/data/<video_id>/{features (n, 7), intervals (n, 2) seconds}; the 7 values are sentiment in [-3, 3]
-  then happy, sad, anger, surprise, disgust, fear in [0, 3], all kept as score labels. Segment k of a video
-  (in file order) is "<video_id>/<k>", the same id as in MMSA's label.csv. The segment is a time span of the
-  full video <videos>/<video_id>.mp4 (option videos, by default the raw release's Videos/Full/Combined).
+  then happy, sad, anger, surprise, disgust, fear in [0, 3], all kept as score labels. The segment is a time span
+  of the full video <videos>/<video_id>.mp4 (option videos, by default the raw release's Videos/Full/Combined).
   Transcripts come from CMU_MOSEI_TimestampedWords.csd beside it when present (the words whose middle falls
   inside the segment, without the "sp" pause markers), else "". A .csd has no splits: option folds names the
   SDK's cmu_mosei_std_folds.py (standard_train_fold / standard_valid_fold / standard_test_fold), and videos in
   no fold are left out with a warning that names them.
+
+  Ids of the csd source: "<video_id>/seg<k>", k = the segment's index when the video's segments are ordered by
+  start time (then end time). They are NOT MMSA's clip ids and must never be paired with them: the SDK's rows are
+  neither in time order nor numbered like MMSA's clips (for -3g5yACwYnA the SDK has 6 segments where MMSA's clip
+  ids are 2, 3, 4, 9, 10, 13), and the two releases' split sizes differ (16,327 / 1,871 / 4,662 segments
+  against MMSA's 16,326 / 1,871 / 4,659 clips). The "seg" prefix keeps a csd id from ever equalling an MMSA id.
 
 An empty transcript is kept as "" (the clip still has sound and pictures).
 """
@@ -30,10 +34,10 @@ import h5py
 import numpy as np
 
 from ...cache.schema import DatasetSpec, LabelSpec
-from .sims_v2 import load_mmsa
 from ..records import Corpus, DatasetError, Utterance, validate
+from .mmsa_layout import read_label_file
 
-ADAPTER_VERSION = "1"
+ADAPTER_VERSION = "2"
 SENTIMENT = LabelSpec("sentiment", "score", low=-3.0, high=3.0)
 SPEC = DatasetSpec("mosei", ADAPTER_VERSION, "sentiment", (SENTIMENT,))
 EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")  # after sentiment in every .csd label row
@@ -48,7 +52,9 @@ def load(root, source: str = "mmsa", folds: str | None = None, videos: str = "Vi
     """CMU-MOSEI from root/label.csv and root/Raw/ (source mmsa) or from the SDK's .csd files (source csd)."""
     root = Path(root)
     if source == "mmsa":
-        return load_mmsa(root / "label.csv", SPEC, {"sentiment": "label"}, "en", part=None)
+        utterances, origins = read_label_file(root / "label.csv", SPEC, {"sentiment": "label"}, "en",
+                                              keep_unlabelled=False)
+        return validate(Corpus(SPEC, utterances), origins)
     if source == "csd":
         if folds is None:
             raise DatasetError(root / LABELS_CSD, "a .csd file has no train/dev/test splits",
@@ -71,9 +77,10 @@ def _load_csd(root: Path, split_of: dict[str, str], videos: Path) -> Corpus:
         if values.ndim != 2 or values.shape[1] != 1 + len(EMOTIONS) or intervals.shape != (len(values), 2):
             raise DatasetError(labels_path, f"video {video}: features {values.shape} and intervals "
                                f"{intervals.shape}, expected (n, 7) and (n, 2)", f"use the SDK's {LABELS_CSD}")
-        for k, (row, (start, end)) in enumerate(zip(values, intervals)):
+        in_time = np.lexsort((intervals[:, 1], intervals[:, 0]))  # the file's row order is not the time order
+        for k, (row, (start, end)) in enumerate(zip(values[in_time], intervals[in_time])):
             utterances.append(Utterance(
-                id=f"{video}/{k}", split=split_of[video], text=_transcript(words.get(video), start, end),
+                id=f"{video}/seg{k}", split=split_of[video], text=_transcript(words.get(video), start, end),
                 language="en", labels={spec.name: float(v) for spec, v in zip(CSD_SPEC.labels, row)},
                 media=videos / f"{video}.mp4", start=float(start), end=float(end)))
     return validate(Corpus(CSD_SPEC, utterances), [(labels_path, None)] * len(utterances))

@@ -2,14 +2,16 @@
 whole clip and one per modality (text, audio, visual); 4,403 labelled clips (2,722 / 647 / 1,034) and an
 unlabelled part of 10,161 clips for semi-supervised learning.
 
-On disk (the MMSA layout, which CMU-MOSEI shares; see mosei.py): a metadata CSV named meta.csv in some copies and
-label.csv in others, with the columns video_id, clip_id, text, label, label_T, label_A, label_V, annotation, mode;
-the clips Raw/<video_id>/<clip_id>.mp4. Ids are zero-padded and stay text ("video_0001/0001").
+On disk (the MMSA layout, see mmsa_layout.py): the two parts are released as two folders, the supervised
+ch-simsv2s/ and the unlabelled ch-simsv2u/, each with its own label CSV (the unlabelled one's label columns are
+empty) and its clips in Raw/<video_id>/<clip_id>.mp4 beside the CSV. The CSV is named meta.csv, label.csv,
+meta(s).csv or meta(u).csv in the copies that circulate. --root is a parent holding either or both folders, or a
+folder with the CSV itself (one part, or one CSV holding both parts as some copies merge them).
 
-- mode train / valid / test becomes the split train / dev / test.
-- A row whose `label` is empty belongs to the unlabelled part: split "unlabelled", every score None. A labelled
-  row needs all four scores; a row with some but not all of them is an error, not a silent gap.
-- option part: "supervised" (the labelled rows), "unsupervised" (the unlabelled ones) or "all".
+- option part: "supervised" (the labelled rows; default), "unsupervised" (the unlabelled ones) or "all" (both:
+  the two folders are merged). Which part a row belongs to is read from the row (is its label empty?), not from
+  a folder name; a part with no row in the files found is refused, naming the folder to add.
+- Ids are "<video_id>/<clip_id>" as written ("video_0001/0001"; never renumbered).
 - An empty transcript is kept as "" (the clip still has sound and pictures).
 """
 from __future__ import annotations
@@ -17,68 +19,56 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...cache.schema import DatasetSpec, LabelSpec
-from ..records import (Corpus, DatasetError, Utterance, parse_score, read_csv, require_columns,
-                                  validate)
+from ..records import Corpus, DatasetError, validate
+from .mmsa_layout import read_label_file
 
-ADAPTER_VERSION = "1"
+ADAPTER_VERSION = "2"
 SCORES = {"sentiment": "label", "sentiment_T": "label_T", "sentiment_A": "label_A", "sentiment_V": "label_V"}
 SPEC = DatasetSpec("sims-v2", ADAPTER_VERSION, "sentiment",
                    tuple(LabelSpec(name, "score", low=-1.0, high=1.0) for name in SCORES))
-LABEL_FILES = ("meta.csv", "label.csv")
-MODES = {"train": "train", "valid": "dev", "test": "test"}
+LABEL_FILES = ("meta.csv", "label.csv", "meta(s).csv", "meta(u).csv")
+PART_FOLDERS = ("ch-simsv2s", "ch-simsv2u")  # supervised, unlabelled: as released
 PARTS = ("supervised", "unsupervised", "all")
+_MISSING = {"supervised": "labelled rows (the supervised part, ch-simsv2s/)",
+            "unsupervised": "unlabelled rows (the unlabelled part, ch-simsv2u/, released as its own folder)"}
 
 
 def load(root, part: str = "supervised") -> Corpus:
-    """The CH-SIMS v2 rows of `part` from root/meta.csv (or root/label.csv)."""
+    """The CH-SIMS v2 rows of `part` from the label files found at root (see above)."""
     root = Path(root)
-    found = [root / name for name in LABEL_FILES if (root / name).is_file()]
-    if not found:
-        raise DatasetError(root, "no meta.csv or label.csv", "point --root at the CH-SIMS v2 folder that holds "
-                           "the metadata CSV and Raw/")
-    return load_mmsa(found[0], SPEC, SCORES, "zh", part)
-
-
-def load_mmsa(path: Path, spec: DatasetSpec, scores: dict[str, str], language: str, part: str | None) -> Corpus:
-    """Read an MMSA label file: `scores` maps each of spec's labels to its column, the whole-clip label first
-    (an empty one marks an unlabelled row); clips in Raw/ beside it. part None: the corpus has no unlabelled
-    part, so an empty label is an error. Scores outside the spec's range are refused by validate(), with their
-    line."""
-    if part is not None and part not in PARTS:
-        raise DatasetError(path, f"unknown part {part!r}", f"use part = {' | '.join(PARTS)}")
-    header, rows = read_csv(path)
-    require_columns(path, header, ("video_id", "clip_id", "text", "mode", *scores.values()))
-    whole_clip = next(iter(scores))
+    if part not in PARTS:
+        raise DatasetError(root, f"unknown part {part!r}", f"use part = {' | '.join(PARTS)}")
+    files = label_files(root)
     utterances, origins = [], []
-    for line, row in rows:
-        filled = [name for name, column in scores.items() if row[column].strip()]
-        labelled = whole_clip in filled
-        if part is None and not labelled:
-            raise DatasetError(path, "empty label", "fill in the score; this corpus has no unlabelled part",
-                               line=line)
-        if part in ("supervised", "unsupervised") and labelled != (part == "supervised"):
-            continue
-        if labelled and len(filled) < len(scores):
-            missing = [scores[name] for name in scores if name not in filled]
-            raise DatasetError(path, f"labelled row without {', '.join(missing)}",
-                               "fill in every score of a labelled row, or empty them all to mark it unlabelled",
-                               line=line)
-        if not labelled and filled:
-            raise DatasetError(path, f"{', '.join(scores[n] for n in filled)} set but {scores[whole_clip]} empty",
-                               f"fill in {scores[whole_clip]}, or empty the row's scores to mark it unlabelled",
-                               line=line)
-        labels = {name: parse_score(path, line, scores[name], row[scores[name]]) if labelled else None
-                  for name in scores}
-        video, clip = row["video_id"].strip(), row["clip_id"].strip()
-        utterances.append(Utterance(
-            id=f"{video}/{clip}", split=_split(path, line, row["mode"]) if labelled else "unlabelled",
-            text=row["text"].strip(), language=language, labels=labels,
-            media=path.parent / "Raw" / video / f"{clip}.mp4"))
-        origins.append((path, line))
-    return validate(Corpus(spec, utterances), origins)
+    for path in files:
+        rows, where = read_label_file(path, SPEC, SCORES, "zh", keep_unlabelled=True)
+        utterances += rows
+        origins += where
+    wanted = ("supervised", "unsupervised") if part == "all" else (part,)
+    for p in wanted:
+        if not any(_part_of(u) == p for u in utterances):
+            raise DatasetError(root, f"no {_MISSING[p]} in {', '.join(map(str, files))}",
+                               f"point --root at the folder holding {PART_FOLDERS[p == 'unsupervised']}/ (or at "
+                               f"that folder itself), or choose another --part")
+    keep = [i for i, u in enumerate(utterances) if _part_of(u) in wanted]
+    return validate(Corpus(SPEC, [utterances[i] for i in keep]), [origins[i] for i in keep])
 
 
-def _split(path, line: int, mode: str) -> str:
-    if mode.strip() not in MODES:
-        raise DatasetError(path, f"unknown mode {mode!r}", f"use one of: {', '.join(MODES)}", line=line)
-    return MODES[mode.strip()]
+def _part_of(u) -> str:
+    return "unsupervised" if u.split == "unlabelled" else "supervised"
+
+def label_files(root: Path) -> list[Path]:
+    """The label CSVs at root, else in its ch-simsv2s/ and ch-simsv2u/. A folder holding two whole-corpus CSVs
+    (meta.csv and label.csv) is refused rather than read twice."""
+    for folder in ([root], [root / name for name in PART_FOLDERS]):
+        found = [f / name for f in folder for name in LABEL_FILES if (f / name).is_file()]
+        for f in folder:
+            whole = [p.name for p in found if p.parent == f and p.name in LABEL_FILES[:2]]
+            if len(whole) > 1:
+                raise DatasetError(f, f"two label files ({', '.join(whole)})", "keep the one that goes with Raw/")
+        if found:
+            return found
+    raise DatasetError(root, f"no CH-SIMS v2 label file ({', '.join(LABEL_FILES)}) here or in "
+                             f"{'/ or '.join(PART_FOLDERS)}/",
+                       "point --root at ch-simsv2s (or ch-simsv2u, or the folder holding them), whose label CSV "
+                       "lies beside Raw/")
