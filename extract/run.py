@@ -188,6 +188,8 @@ def encode_block(utts: list[Utterance], decoded: list, encoders, batch_size: int
             idx = todo[k: k + batch_size]
             for i, f in zip(idx, enc.encode([inputs[i] for i in idx])):
                 out[i] = f
+                if f is None:  # the input held nothing: a released feature file of padding only
+                    reasons[i] = "feature file holds only zeros"
         features[m], problems[m] = out, reasons
     return features, problems
 

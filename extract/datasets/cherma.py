@@ -12,8 +12,12 @@ they are (Utterance.features) and runs no encoder.
   are "<split>/<id>" so that a name repeated across splits stays unique.
 - The label "emotion" is video_label (the multimodal one); emotion_T / _A / _V are txt_label / audio_label /
   visual_label.
-- The release has no transcripts (only text features), so text is "", and the feature paths are set whether or
-  not the files exist: a missing one is reported by the import, like a missing clip.
+- Transcripts: the release as circulated has none (only text features), so text is "" unless an entry carries
+  one: a string field "text" or "transcript" (option text_field names another) is kept, stripped. It goes into
+  the cache's text column for the prompt; the text features are still the released ones.
+- The feature paths are set whether or not the files exist: a missing one is reported by the import, like a
+  missing clip. The released text features are zero-padded to a fixed length with no lengths beside them: the
+  import takes the trailing all-zero rows for padding (extract/released.py).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from pathlib import Path
 from ...cache.schema import DatasetSpec, LabelSpec
 from ..records import Corpus, DatasetError, Utterance, parse_class, validate
 
-ADAPTER_VERSION = "1"
+ADAPTER_VERSION = "2"
 # anger, disgust, fear, happiness, calm (neutral), sadness, surprise: the class order of the released code
 EMOTIONS = ("愤怒", "厌恶", "恐惧", "高兴", "平静", "悲伤", "惊奇")
 LABELS = {"emotion": "video_label", "emotion_T": "txt_label", "emotion_A": "audio_label",
@@ -32,11 +36,13 @@ SPEC = DatasetSpec("cherma", ADAPTER_VERSION, "emotion",
                    tuple(LabelSpec(name, "class", EMOTIONS) for name in LABELS))
 SPLITS = ("train", "dev", "test")
 FIELDS = ("audio_file", *LABELS.values())
+TRANSCRIPT_FIELDS = ("text", "transcript")
 
 
-def load(root) -> Corpus:
-    """Every CHERMA split whose JSON is in root."""
+def load(root, text_field: str | None = None) -> Corpus:
+    """Every CHERMA split whose JSON is in root; text_field: the entries' transcript field, if not a default."""
     root = Path(root)
+    text_fields = (text_field,) if text_field else TRANSCRIPT_FIELDS
     present = [split for split in SPLITS if (root / f"{split}.json").is_file()]
     if not present:
         raise DatasetError(root, "no CHERMA label file (train.json, dev.json or test.json)",
@@ -50,7 +56,7 @@ def load(root) -> Corpus:
                 raise DatasetError(path, f"entry without {', '.join(missing)}", "fill in the fields", line=line)
             name = entry["audio_file"].strip().removesuffix(".wav")
             utterances.append(Utterance(
-                id=f"{split}/{name}", split=split, text="", language="zh",
+                id=f"{split}/{name}", split=split, text=_transcript(path, line, entry, text_fields), language="zh",
                 labels={label: parse_class(path, line, field, entry[field], EMOTIONS)
                         for label, field in LABELS.items()},
                 features={"text": root / "text" / split / f"{name}.npy",
@@ -58,6 +64,16 @@ def load(root) -> Corpus:
                           "visual": root / "visual" / split / f"{name}.mp4.npy"}))
             origins.append((path, line))
     return validate(Corpus(SPEC, utterances), origins)
+
+
+def _transcript(path: Path, line: int, entry: dict, fields: tuple[str, ...]) -> str:
+    field = next((f for f in fields if f in entry), None)
+    if field is None:
+        return ""
+    if not isinstance(entry[field], str):
+        raise DatasetError(path, f"{field} {entry[field]!r} is not text", f"write {field} as a JSON string",
+                           line=line)
+    return entry[field].strip()
 
 
 def _entries(path: Path) -> list[tuple[int, dict]]:
