@@ -47,8 +47,9 @@ def main(
     limit: int = typer.Option(None, help="Only the first N utterances"),
     rows_per_shard: int = typer.Option(64, help="Rows per shard: the unit of parallel work and of resume"),
     part: str = typer.Option(None, help="sims-v2: supervised, unsupervised or all"),
-    opt: list[str] = typer.Option([], help="Adapter option KEY=VALUE (repeatable), e.g. csv=labels.csv, "
-                                           "language=zh, n_clips=280, seed=0"),
+    opt: list[str] = typer.Option([], help="Adapter option KEY=VALUE (repeatable), e.g. splits=train,dev "
+                                           "(meld), source=csd (mosei), text_field=NAME (cherma), "
+                                           "csv=labels.csv, language=zh (folder); see the README's table"),
 ):
     options = _options(opt)
     if part:

@@ -5,10 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from egmf.extract.datasets import cherma, folder, get, meld, mosei, sims_v2
 from shared_data import MELD_DATA, require_meld
+from egmf.cache.reader import Cache
+from egmf.extract.cli import app
 from egmf.extract.media import decode_clip
+from egmf.extract.run import EXIT_PARTIAL
 from corpusgen import MMSA_COLUMNS, MELD_COLUMNS, refuses, write_csd, write_csv
 from mediagen import make_clip
 
@@ -205,6 +209,18 @@ def test_mosei_csd_segments_are_spans_of_full_videos(mosei_csd):
                              "disgust": 0.0, "fear": 0.0}
     clip = decode_clip(first.media, fps=2, max_frames=4, start=first.start, end=first.end)
     assert clip.problems == {} and clip.audio.shape == (16000,) and clip.frames.shape[0] == 2
+
+
+def test_egmf_extract_on_the_csd_release(mosei_csd):
+    out = mosei_csd / "store"
+    with pytest.warns(UserWarning, match="left out: vidC"):
+        r = CliRunner().invoke(app, ["--dataset", "mosei", "--root", str(mosei_csd), "--out", str(out), "--preset",
+                                     "tiny", "--threads", "1", "--modalities", "text", "--opt", "source=csd",
+                                     "--opt", "folds=cmu_mosei_std_folds.py"])
+    assert r.exit_code == EXIT_PARTIAL, r.output  # vidB has no words: its text is reported missing
+    c = Cache.open(out)
+    assert c.meta["id"].tolist() == ["vidA/seg0", "vidA/seg1", "vidB/seg0"]
+    assert c.meta["text"].tolist() == ["i loved it", "but no", ""] and c.labels["sentiment"].tolist() == [2, -1.5, 0]
 
 
 def test_mosei_csd_bad_inputs(mosei_csd):
