@@ -133,6 +133,7 @@ def extract(cfg: ExtractConfig) -> Summary:
 
 # --- one block ---------------------------------------------------------------------------------------------------
 
+NOTHING_TO_ENCODE = "nothing to encode (an empty input, or a released feature file of zeros only)"
 _ENCODERS: dict = {}  # per process: encoders are loaded once and reused by every block of this worker
 
 
@@ -188,8 +189,8 @@ def encode_block(utts: list[Utterance], decoded: list, encoders, batch_size: int
             idx = todo[k: k + batch_size]
             for i, f in zip(idx, enc.encode([inputs[i] for i in idx])):
                 out[i] = f
-                if f is None:  # the input held nothing: a released feature file of padding only
-                    reasons[i] = "feature file holds only zeros"
+                if f is None:  # an encoder found nothing in its input
+                    reasons[i] = NOTHING_TO_ENCODE
         features[m], problems[m] = out, reasons
     return features, problems
 

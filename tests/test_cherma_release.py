@@ -9,7 +9,7 @@ from corpusgen import refuses
 from egmf.cache.reader import Cache
 from egmf.extract.cli import app
 from egmf.extract.datasets import cherma
-from egmf.extract.run import EXIT_PARTIAL
+from egmf.extract.run import EXIT_PARTIAL, NOTHING_TO_ENCODE
 
 runner = CliRunner()
 PADDED_TO = 78  # the released text features' fixed length
@@ -49,7 +49,7 @@ def test_padding_is_dropped_and_transcripts_kept(tmp_path):
     assert lengths.tolist() == [5, 12, 0]
     for k, name in enumerate(("tv_0001", "tv_0002")):
         np.testing.assert_allclose(feats[k, :lengths[k]], text[name][:lengths[k]].astype(np.float16))
-    assert c.problems("text")[2] == "feature file holds only zeros"
+    assert c.problems("text")[2] == NOTHING_TO_ENCODE
     assert c.lengths("visual").tolist() == [4, 4, 4] and c.lengths("audio").tolist() == [1, 1, 1]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...cache.schema import DatasetSpec, LabelSpec
-from ..records import Corpus, DatasetError, validate
+from ..records import Corpus, DatasetError, Utterance, validate
 from .mmsa_layout import read_label_file
 
 ADAPTER_VERSION = "2"
@@ -54,15 +54,16 @@ def load(root, part: str = "supervised") -> Corpus:
     return validate(Corpus(SPEC, [utterances[i] for i in keep]), [origins[i] for i in keep])
 
 
-def _part_of(u) -> str:
+def _part_of(u: Utterance) -> str:
     return "unsupervised" if u.split == "unlabelled" else "supervised"
+
 
 def label_files(root: Path) -> list[Path]:
     """The label CSVs at root, else in its ch-simsv2s/ and ch-simsv2u/. A folder holding two whole-corpus CSVs
     (meta.csv and label.csv) is refused rather than read twice."""
-    for folder in ([root], [root / name for name in PART_FOLDERS]):
-        found = [f / name for f in folder for name in LABEL_FILES if (f / name).is_file()]
-        for f in folder:
+    for folders in ([root], [root / name for name in PART_FOLDERS]):
+        found = [f / name for f in folders for name in LABEL_FILES if (f / name).is_file()]
+        for f in folders:
             whole = [p.name for p in found if p.parent == f and p.name in LABEL_FILES[:2]]
             if len(whole) > 1:
                 raise DatasetError(f, f"two label files ({', '.join(whole)})", "keep the one that goes with Raw/")
