@@ -10,14 +10,14 @@ found, with --root at the folder itself or at the folder holding MELD.Raw/:
 - one folder per split, as many copies have it: train/train_sent_emo.csv + train/train_splits/, dev/..., test/...
 
 - option splits: the splits to load, "train,dev,test" by default. A split whose CSV is absent is refused, never
-  skipped: when its inner archive (train.tar.gz) is there unpacked, the message says to unpack it; otherwise name
-  the splits you have (--opt splits=train,dev).
+  skipped: when its inner archive (train.tar.gz) lies there still packed, the message says to unpack it;
+  otherwise, name the splits you have (--opt splits=train,dev).
 - ids "train/dia0_utt0"; dialogue "train/0" and turn = Utterance_ID, so stage two can gather the preceding turns
   (Utterance_ID has gaps where the authors dropped an utterance; the order is kept, the gaps are not filled).
 - The media path is set whether or not the clip exists: a text-only extraction needs no media, and a missing or
   broken clip (dev dia110_utt7 is missing, train dia125_utt3 is corrupt) is reported when it is decoded. When the
-  clip folder is missing but the split's inner archive lies unpacked beside the CSVs, the load stops and says to
-  unpack it. The extra unannotated clips of the release (final_videos_test*) are not in the CSVs: not loaded.
+  clip folder is missing but the split's inner archive lies still packed beside the CSVs, the load stops and says
+  to unpack it. The extra unannotated clips of the release (final_videos_test*) are not in the CSVs: not loaded.
 - StartTime/EndTime locate the utterance in the whole episode, not in its clip (clips are cut already), so they
   are not used; their two formats ("0:12:43,012" and "00:12:43,012") therefore do not matter.
 - Transcripts: the released CSVs hold cp1252 punctuation read as Latin-1, i.e. the C1 control characters
