@@ -44,7 +44,7 @@ from ..media import write_mp4
 from ..records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
                                   require_columns, validate)
 
-ADAPTER_VERSION = "1"  # bump when a change to the generator changes the clips or labels
+ADAPTER_VERSION = "2"  # bump when a change to the generator changes the clips or labels
 EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")  # MELD's order
 SPEC = DatasetSpec("demo", ADAPTER_VERSION, "emotion", (
     LabelSpec("emotion", "class", EMOTIONS),
