@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # The demo's size (a multiple of 7): small enough to finish in minutes on 2 CPU cores.
-DEMO_CLIPS ?= 280
+DEMO_CLIPS ?= 350
 
 .PHONY: install demo test test-slow bench
 

@@ -22,14 +22,14 @@ SETTINGS = {"all": None, "audio": ["audio"], "visual": ["visual"], "text": ["tex
 
 @dataclass
 class DemoConfig:
-    clips: int = 280  # 40 per emotion
+    clips: int = 350  # 50 per emotion: 210 train, 35 dev, 105 test
     data: Path = Path("data/demo")
     cache: str = "cache/demo"
     runs: Path = Path("runs/demo")
     encoders: str = "offline"  # extraction preset
     model: str = "offline"  # model preset
     epochs: int = 8
-    batch_size: int = 4  # 196 training clips: small batches give the LoRA and fusion more updates per epoch
+    batch_size: int = 4  # 210 training clips: small batches give the LoRA and fusion more updates per epoch
     lr: float = 2e-3
     seed: int = 0
 
@@ -53,7 +53,7 @@ def ablation_table(results: dict[str, dict]) -> str:
 @demo_app.command(help="Generate the demo corpus, extract it (offline preset), train SmolLM2-135M + LoRA + the "
                        "fusion on it, evaluate on its test split and print the metrics. --ablation also trains "
                        "each single modality and prints the comparison table.")
-def main(clips: int = typer.Option(280, help="Demo clips (a multiple of 7; splits 70/15/15)"),
+def main(clips: int = typer.Option(350, help="Demo clips (a multiple of 7; splits 60/10/30)"),
          epochs: int = typer.Option(8),
          ablation: bool = typer.Option(False, help="Also train audio-only, visual-only and text-only models"),
          model: str = typer.Option("offline", help="Model preset (offline: SmolLM2-135M GGUF; tiny: random)"),

@@ -15,33 +15,37 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from egmf.extract.datasets import demo, get
+from egmf.extract.demo_corpus.face import render_face
+from egmf.extract.demo_corpus.generate import manifest
+from egmf.extract.demo_corpus.plan import EMOTIONS, GROUPS, TEXT_GROUP_NAMES, DemoConfig, group_of, plan as demo_plan
+from egmf.extract.demo_corpus.voice import render_voice
 from egmf.extract.media import decode_clip
 from egmf.extract.records import DatasetError
 
-SMALL = demo.DemoConfig(n_clips=21)  # 3 blocks of 7: one each for train, dev and test
+SMALL = DemoConfig(n_clips=21)  # 3 blocks of 7: one each for train, dev and test
 
 
 def test_groups_identify_every_emotion_only_all_three_together():
-    codes = {e: tuple(demo.GROUPS[m].index(demo.group_of(m, e)) for m in demo.GROUPS) for e in demo.EMOTIONS}
-    assert len(set(codes.values())) == len(demo.EMOTIONS)
-    for m in demo.GROUPS:
-        assert sorted(e for group in demo.GROUPS[m] for e in group) == sorted(demo.EMOTIONS)
-        assert len(demo.GROUPS[m]) == 3
+    codes = {e: tuple(GROUPS[m].index(group_of(m, e)) for m in GROUPS) for e in EMOTIONS}
+    assert len(set(codes.values())) == len(EMOTIONS)
+    for m in GROUPS:
+        assert sorted(e for group in GROUPS[m] for e in group) == sorted(EMOTIONS)
+        assert len(GROUPS[m]) == 3
     for pair in itertools.combinations(range(3), 2):  # every two modalities still confuse some emotions
-        assert len({tuple(code[k] for k in pair) for code in codes.values()}) < len(demo.EMOTIONS)
+        assert len({tuple(code[k] for k in pair) for code in codes.values()}) < len(EMOTIONS)
 
 
 def test_plan_is_balanced_bilingual_and_labelled_consistently():
-    clips = demo.plan(SMALL)
+    clips = demo_plan(SMALL)
     assert [c.id for c in clips] == sorted({c.id for c in clips})
     by_split = {s: [c.emotion for c in clips if c.split == s] for s in ("train", "dev", "test")}
-    assert sorted(by_split["dev"]) == sorted(by_split["test"]) == sorted(demo.EMOTIONS)
-    assert sorted(by_split["train"]) == sorted(demo.EMOTIONS)
+    assert sorted(by_split["dev"]) == sorted(by_split["test"]) == sorted(EMOTIONS)
+    assert sorted(by_split["train"]) == sorted(EMOTIONS)
     assert sum(c.language == "zh" for c in clips) in (10, 11)
     for c in clips:
-        assert all(c.shows[m] in demo.group_of(m, c.emotion) for m in ("audio", "visual"))
-        text_group = demo.group_of("text", c.emotion)
-        assert c.shows["text"] in text_group or c.shows["text"] == demo.TEXT_GROUP_NAMES[text_group]
+        assert all(c.shows[m] in group_of(m, c.emotion) for m in ("audio", "visual"))
+        text_group = group_of("text", c.emotion)
+        assert c.shows["text"] in text_group or c.shows["text"] == TEXT_GROUP_NAMES[text_group]
         assert -1 <= c.sentiment <= 1 and c.sentiment == round(c.sentiment, 1)
         if c.emotion in ("fear", "sadness", "disgust", "anger"):
             assert c.sentiment < 0
@@ -51,17 +55,17 @@ def test_plan_is_balanced_bilingual_and_labelled_consistently():
         assert "{" not in c.text and SMALL.min_seconds * SMALL.fps <= c.frames <= SMALL.max_seconds * SMALL.fps
     assert any(c.shows["text"] != c.emotion for c in clips)  # look-alikes are really used
     with pytest.raises(ValueError, match="too small"):
-        demo.plan(demo.DemoConfig(n_clips=14))
+        demo_plan(DemoConfig(n_clips=14))
 
 
 def test_same_seed_renders_identical_clips_and_another_seed_differs():
-    first, again, other = demo.plan(SMALL), demo.plan(SMALL), demo.plan(demo.DemoConfig(n_clips=21, seed=1))
+    first, again, other = demo_plan(SMALL), demo_plan(SMALL), demo_plan(DemoConfig(n_clips=21, seed=1))
     assert first == again and first != other
     clip = first[3]
-    np.testing.assert_array_equal(demo.render_face(clip, SMALL), demo.render_face(again[3], SMALL))
-    np.testing.assert_array_equal(demo.render_voice(clip, SMALL), demo.render_voice(again[3], SMALL))
-    assert not np.array_equal(demo.render_voice(clip, SMALL), demo.render_voice(other[3], demo.DemoConfig(seed=1)))
-    frames, audio = demo.render_face(clip, SMALL), demo.render_voice(clip, SMALL)
+    np.testing.assert_array_equal(render_face(clip, SMALL), render_face(again[3], SMALL))
+    np.testing.assert_array_equal(render_voice(clip, SMALL), render_voice(again[3], SMALL))
+    assert not np.array_equal(render_voice(clip, SMALL), render_voice(other[3], DemoConfig(seed=1)))
+    frames, audio = render_face(clip, SMALL), render_voice(clip, SMALL)
     assert frames.shape == (clip.frames, 96, 96, 3) and frames.dtype == np.uint8
     assert frames[0].std() > 20 and np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # a face that moves
     assert audio.shape == (clip.frames * SMALL.sample_rate // SMALL.fps,) and audio.dtype == np.float32
@@ -71,15 +75,15 @@ def test_same_seed_renders_identical_clips_and_another_seed_differs():
 def test_load_generates_real_clips_once_and_again_for_other_parameters(tmp_path):
     corpus = get("demo").load(tmp_path / "a", n_clips=21, progress=False)
     assert corpus.spec == demo.SPEC and corpus.spec.task == "emotion" and len(corpus.utterances) == 21
-    plan = demo.plan(SMALL)
-    for u, c in zip(corpus.utterances, plan):
+    planned = demo_plan(SMALL)
+    for u, c in zip(corpus.utterances, planned):
         assert (u.id, u.split, u.language, u.text) == (c.id, c.split, c.language, c.text)
-        assert u.labels == {"emotion": demo.EMOTIONS.index(c.emotion), "sentiment": c.sentiment}
+        assert u.labels == {"emotion": EMOTIONS.index(c.emotion), "sentiment": c.sentiment}
     decoded = decode_clip(corpus.utterances[0].media, fps=SMALL.fps, max_frames=64)
     assert not decoded.problems
-    assert decoded.frames.shape == (plan[0].frames, 96, 96, 3)
-    assert abs(decoded.audio.size - plan[0].frames * 1600) < 1600
-    rendered = demo.render_face(plan[0], SMALL)
+    assert decoded.frames.shape == (planned[0].frames, 96, 96, 3)
+    assert abs(decoded.audio.size - planned[0].frames * 1600) < 1600
+    rendered = render_face(planned[0], SMALL)
     assert np.abs(decoded.frames.astype(int) - rendered).mean() < 8  # the mp4 shows what was drawn
 
     manifest = (tmp_path / "a" / "manifest.json").stat().st_mtime_ns
@@ -92,7 +96,7 @@ def test_load_generates_real_clips_once_and_again_for_other_parameters(tmp_path)
 
     (tmp_path / "b" / "clips" / "demo0099.mp4").write_bytes(b"left by a larger corpus")
     reseeded = get("demo").load(tmp_path / "b", n_clips=21, seed=1, progress=False)
-    assert [u.text for u in reseeded.utterances] == [c.text for c in demo.plan(demo.DemoConfig(n_clips=21, seed=1))]
+    assert [u.text for u in reseeded.utterances] == [c.text for c in demo_plan(DemoConfig(n_clips=21, seed=1))]
     assert len(list((tmp_path / "b" / "clips").glob("*.mp4"))) == 21
     assert (tmp_path / "a" / "labels.csv").read_bytes() != (tmp_path / "b" / "labels.csv").read_bytes()
 
@@ -102,13 +106,13 @@ def test_a_missing_clip_or_a_bad_label_is_an_error_that_names_file_line_and_fix(
     labels = tmp_path / "labels.csv"
     text = labels.read_text(encoding="utf-8")
     row = next(line for line in text.splitlines() if line.startswith("demo0003,"))
-    labels.write_text(text.replace(row, row.replace(f",{demo.plan(SMALL)[3].emotion},", ",happy,", 1)),
+    labels.write_text(text.replace(row, row.replace(f",{demo_plan(SMALL)[3].emotion},", ",happy,", 1)),
                       encoding="utf-8")
-    (tmp_path / "manifest.json").write_text(json.dumps(demo._manifest(tmp_path, SMALL)))  # edited, not regenerated
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest(tmp_path, SMALL)))  # edited, not regenerated
     with pytest.raises(DatasetError, match=r"labels\.csv, line 5: unknown emotion 'happy'.*Fix: use one of"):
         demo.load(tmp_path, n_clips=21, progress=False)
     labels.write_text(text, encoding="utf-8")
-    (tmp_path / "manifest.json").write_text(json.dumps(demo._manifest(tmp_path, SMALL)))
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest(tmp_path, SMALL)))
     corpus.utterances[5].media.unlink()
     with pytest.raises(DatasetError, match=r"labels\.csv, line 7: clip .*demo0005\.mp4 missing.*manifest\.json"):
         demo.load(tmp_path, n_clips=21, progress=False)
@@ -169,14 +173,14 @@ def _words(text: str) -> list[str]:
 
 
 def test_each_modality_alone_names_only_a_group_and_fusion_names_the_emotion():
-    cfg = demo.DemoConfig(n_clips=210, fps=5)  # the design does not depend on the frame rate; the test's time does
-    clips = demo.plan(cfg)
-    audio = np.array([voice_statistics(demo.render_voice(c, cfg)) for c in clips])  # (n, 6)
-    visual = np.array([face_statistics(demo.render_face(c, cfg)) for c in clips])  # (n, 10)
+    cfg = DemoConfig(n_clips=210, fps=5)  # the design does not depend on the frame rate; the test's time does
+    clips = demo_plan(cfg)
+    audio = np.array([voice_statistics(render_voice(c, cfg)) for c in clips])  # (n, 6)
+    visual = np.array([face_statistics(render_face(c, cfg)) for c in clips])  # (n, 10)
     text = CountVectorizer(analyzer=_words, binary=True).fit_transform([c.text for c in clips]).toarray()
     n_numeric = audio.shape[1] + visual.shape[1]
     features = {"audio": audio, "visual": visual, "text": text, "fused": np.hstack([audio, visual, text])}
-    emotion = np.array([demo.EMOTIONS.index(c.emotion) for c in clips])
+    emotion = np.array([EMOTIONS.index(c.emotion) for c in clips])
     folds = StratifiedKFold(5, shuffle=True, random_state=0)
 
     def accuracy(name, target):
@@ -188,8 +192,8 @@ def test_each_modality_alone_names_only_a_group_and_fusion_names_the_emotion():
 
     scores = {name: accuracy(name, emotion) for name in features}
     print("demo corpus, 5-fold accuracy of a logistic regression on hand-made statistics:", scores)
-    for m in demo.GROUPS:  # each modality carries its group reliably, so the ambiguity is by design
-        groups = np.array([demo.GROUPS[m].index(demo.group_of(m, c.emotion)) for c in clips])
+    for m in GROUPS:  # each modality carries its group reliably, so the ambiguity is by design
+        groups = np.array([GROUPS[m].index(group_of(m, c.emotion)) for c in clips])
         assert accuracy(m, groups) > 0.9, m
         assert scores[m] < 0.6, m
     assert scores["fused"] > 0.9

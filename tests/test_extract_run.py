@@ -54,6 +54,21 @@ def test_one_and_two_dask_workers_write_identical_stores(demo_root, tmp_path):
     assert set(c.meta["language"]) == {"en", "zh"}
 
 
+def test_demo_corpora_and_caches_built_in_fresh_folders_are_identical(tmp_path, monkeypatch):
+    """Two fresh clones: each its own corpus folder, store and EGMF_HOME (so its own random encoders)."""
+    for clone in ("a", "b"):
+        monkeypatch.setenv("EGMF_HOME", str(tmp_path / clone / "home"))
+        extract(_demo(tmp_path / clone / "data", tmp_path / clone / "cache", threads=1))
+    clips = sorted((tmp_path / "a/data/clips").glob("*.mp4"))
+    assert len(clips) == 21
+    for clip in clips:  # the encoded bitstreams themselves, not only what a decoder makes of them
+        assert clip.read_bytes() == (tmp_path / "b/data/clips" / clip.name).read_bytes(), clip.name
+    a, b = Cache.open(tmp_path / "a/cache"), Cache.open(tmp_path / "b/cache")
+    _same_store(a, b)
+    for name in a.labels:
+        np.testing.assert_array_equal(a.labels[name], b.labels[name])
+
+
 def test_rerun_resumes_only_unfinished_blocks(demo_root, tmp_path):
     extract(_demo(demo_root, tmp_path / "full", threads=1))
     extract(_demo(demo_root, tmp_path / "part", threads=1))

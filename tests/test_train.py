@@ -100,6 +100,22 @@ def test_several_seeds_give_mean_and_std(class_cache, tmp_path):
     assert (tmp_path / "s" / "seed-1" / "model").is_dir() and (tmp_path / "s" / "seed-2" / "model").is_dir()
 
 
+def test_the_same_seed_trains_bit_identical_weights_and_metrics_and_another_seed_does_not(class_cache, tmp_path):
+    def trained(name, seed):
+        _train(class_cache, tmp_path / name, seed=seed)
+        weights = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]  # all trainable ones
+        history = json.loads((tmp_path / name / "metrics.json").read_text())["history"]  # losses, dev metrics
+        return weights, history
+
+    (first, history), (again, history_again), (other, history_other) = (
+        trained("a", 0), trained("again", 0), trained("other", 1))
+    assert first.keys() == again.keys() == other.keys() and len(first) > 10  # LoRA, fusion, gates, tokens
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert history == history_again  # float equality: bit-identical losses and metrics, not merely close ones
+    assert sum(not torch.equal(first[k], other[k]) for k in first) > len(first) // 2
+    assert [h["train_loss"] for h in history] != [h["train_loss"] for h in history_other]
+
+
 def test_text_only_training_on_a_multimodal_cache(class_cache, tmp_path):
     _train(class_cache, tmp_path / "t", modalities=["text"], epochs=1)
     assert json.loads((tmp_path / "t" / "config.json").read_text())["modalities"] == ["text"]
