@@ -1,5 +1,3 @@
-import pickle
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -153,94 +151,6 @@ def test_info_reports_shapes_splits_encoders_and_pending(tmp_path):
     assert d["size_bytes"] > 0 and len(d["fingerprint"]) == 64
     r = runner.invoke(app, ["info", str(tmp_path / "s")])
     assert "(2 not done)" in r.output and "synthetic" in r.output
-
-
-def _mmsa_pickle(path, n=(5, 2, 3), sims=True):
-    rng = np.random.default_rng(0)
-    data = {}
-    for split, k in zip(("train", "valid", "test"), n):
-        audio = rng.standard_normal((k, 8, 5)).astype(np.float32)
-        audio[0, 1, 2] = -np.inf
-        vision = rng.standard_normal((k, 6, 4)).astype(np.float32)
-        text = rng.standard_normal((k, 7, 9)).astype(np.float32)
-        text[:, 5:] = 0  # padded tokens
-        part = {"id": [f"{split}v$_${i}" for i in range(k)], "raw_text": [f"{split} text {i}" for i in range(k)],
-                "audio": audio, "vision": vision, "text": text,
-                "audio_lengths": [8] * (k - 1) + [3], "vision_lengths": [6] * k,
-                "regression_labels": rng.uniform(-1, 1, k).astype(np.float32)}
-        if sims:
-            for m in "TAV":
-                part[f"regression_labels_{m}"] = rng.uniform(-1, 1, k).astype(np.float32)
-        data[split] = part
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
-    return data
-
-
-def test_import_mmsa_pickle(tmp_path):
-    data = _mmsa_pickle(tmp_path / "unaligned_50.pkl")
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s")])
-    assert r.exit_code == 0, r.output
-    assert "audio 3" in r.output  # one -inf per split, counted
-    c = Cache.open(tmp_path / "s")
-    assert c.split_counts() == {"train": 5, "dev": 2, "test": 3}
-    assert c.dataset.name == "sims-v2-mmsa" and c.dataset.label("sentiment").high == 1.0
-    assert {"sentiment_T", "sentiment_A", "sentiment_V"} <= set(c.labels)
-    audio, alen = c.features("audio")
-    assert alen.tolist()[:5] == [8, 8, 8, 8, 3]
-    assert audio[0, 1, 2] == 0  # -inf became 0
-    np.testing.assert_allclose(audio[1], data["train"]["audio"][1].astype(np.float16))
-    assert not audio[4, 3:].any()
-    _, tlen = c.features("text")
-    assert (tlen == 5).all()  # aligned-style text: length = last non-zero step
-    np.testing.assert_allclose(c.labels["sentiment_A"][5:7], data["valid"]["regression_labels_A"], rtol=1e-6)
-    assert c.meta["split"][5] == "dev" and c.meta["text"][5] == "valid text 0"
-    assert runner.invoke(app, ["verify", str(tmp_path / "s")]).exit_code == 0
-
-
-def test_import_rejects_a_pickle_of_something_else(tmp_path):
-    with open(tmp_path / "x.pkl", "wb") as f:
-        pickle.dump({"train": {}}, f)
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "s")])
-    assert r.exit_code == 2 and "not an MMSA feature pickle" in r.output
-
-
-def test_import_refuses_an_unknown_dataset_name_with_the_choices(tmp_path):
-    _mmsa_pickle(tmp_path / "unaligned_50.pkl")
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s"),
-                            "--dataset", "MOSEI"])
-    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-    assert "unknown dataset 'MOSEI'" in r.output and "mosei | mosi | sims | sims-v2" in r.output
-
-
-def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monkeypatch):
-    """MOSEI's pickle is GBs: a float32 copy of every split next to it would double the import's peak memory."""
-    import tracemalloc
-
-    from egmf.cache import mmsa
-
-    rng = np.random.default_rng(0)
-    data = {}
-    for split, n in (("train", 600), ("valid", 150), ("test", 150)):
-        data[split] = {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
-                       "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
-                       **{src: rng.standard_normal((n, 16, 128)).astype(np.float32)
-                          for src in ("audio", "vision", "text")}}
-    feature_bytes = sum(part[src].nbytes for part in data.values() for src in ("audio", "vision", "text"))
-    (tmp_path / "aligned_50.pkl").write_bytes(b"stands in for the pickle")
-    monkeypatch.setattr(mmsa, "load_pickle", lambda path: data)
-    tracemalloc.start()
-    try:
-        mmsa.import_mmsa(tmp_path / "aligned_50.pkl", tmp_path / "s", progress=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < feature_bytes / 3, f"peak {peak / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB of features"
-    c = Cache.open(tmp_path / "s")
-    text, lengths = c.features("text")
-    assert (lengths == 16).all()
-    np.testing.assert_array_equal(text[599:601], np.concatenate([data["train"]["text"][-1:],
-                                                                 data["valid"]["text"][:1]]).astype(np.float16))
 
 
 def test_a_zarr_group_that_is_no_egmf_cache_is_refused_by_reader_and_writer_alike(tmp_path):
