@@ -1,10 +1,11 @@
 """egmf-cache import-mmsa: MMSA / MMSA-FET pickles as released, read as data only, cleaned, named by the user."""
-import os
 import pickle
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from crafted_pickle import creating
 
 from egmf.cache.cli import app
 from egmf.cache.mmsa import load_pickle
@@ -117,27 +118,16 @@ def test_pickles_as_released_import_whole(tmp_path, aligned, protocol, numpy1):
         np.testing.assert_array_equal(feats, source.astype(np.float16))
 
 
-class _Runs:
-    """Unpickling it calls fn(*args): what a crafted aligned_50.pkl does."""
-
-    def __init__(self, fn, *args):
-        self.fn, self.args = fn, args
-
-    def __reduce__(self):
-        return self.fn, self.args
-
-
-@pytest.mark.parametrize("make", [lambda marker: _Runs(os.system, f"touch {marker}"),
-                                  lambda marker: _Runs(open, str(marker), "w")])
-def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, make):
+@pytest.mark.parametrize("which", [0, 1], ids=["os.system", "open"])
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, which):
     marker = tmp_path / "created-by-the-pickle"
     data = released_pickle(tmp_path / "aligned_50.pkl", aligned=True, protocol=4)
-    payload = make(marker)
+    payload = creating(marker)[which]
     data["test"]["id"] = payload  # deep inside an otherwise real pickle, after arrays were already rebuilt
     (tmp_path / "aligned_50.pkl").write_bytes(pickle.dumps(data, protocol=4))
     r = _import(tmp_path / "aligned_50.pkl", tmp_path / "s", "--dataset", "mosei")
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-    called = f"{payload.fn.__module__}.{payload.fn.__name__}"  # posix.system, io.open
+    called = payload.called
     assert f"aligned_50.pkl: refused to unpickle: it calls {called}" in r.output and "Fix:" in r.output
     assert not marker.exists()
     assert not (tmp_path / "s").exists()
@@ -151,7 +141,8 @@ def test_protocol_2_bytes_decode_only_as_latin1(tmp_path):
     (tmp_path / "ok.pkl").write_bytes(pickle.dumps({"b": b"\x00\xff"}, protocol=2))
     with pytest.raises(ValueError, match="not an MMSA feature pickle"):
         load_pickle(tmp_path / "ok.pkl")  # read, then found to be no MMSA pickle
-    crafted = pickle.dumps({"b": b"\x00\xff"}, protocol=2).replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00rot_13")
+    blob = pickle.dumps({"b": b"\x00\xff"}, protocol=2)
+    crafted = blob.replace(b"X\x06\x00\x00\x00latin1", b"X\x06\x00\x00\x00rot_13")  # same length: valid opcodes
     (tmp_path / "bad.pkl").write_bytes(crafted)
     with pytest.raises(ValueError, match=r"bad.pkl: cannot read the pickle .*codec 'rot_13'"):
         load_pickle(tmp_path / "bad.pkl")
