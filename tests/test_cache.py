@@ -177,3 +177,69 @@ def test_a_damaged_header_is_a_clear_error_naming_the_store(tmp_path):
         Cache.open(tmp_path / "store")
     r = runner.invoke(app, ["info", str(tmp_path / "store")])
     assert r.exit_code == 2 and "header is damaged" in r.output
+
+
+# --- a shared store is data only: its header and zarr.json decide nothing absurd -----------------------------------
+
+def _edit_json(path, edit) -> None:
+    import json
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+
+
+def _edit_header(store, edit) -> None:
+    from egmf.cache.header import ATTR
+    _edit_json(store / "zarr.json", lambda d: edit(d["attributes"][ATTR]))
+
+
+def _rows(store, n) -> None:
+    """Header and every array's zarr.json agree on n rows: only the size itself is absurd."""
+    _edit_header(store, lambda h: h.update(n_rows=n))
+    for meta in store.rglob("zarr.json"):
+        _edit_json(meta, lambda d: d.get("shape") and d["shape"].__setitem__(0, n))
+
+
+def _steps(store, steps, dim) -> None:
+    _edit_header(store, lambda h: h["encoders"]["audio"].update(max_steps=steps, dim=dim))
+    _edit_json(store / "audio" / "features" / "zarr.json", lambda d: d["shape"].__setitem__(slice(1, 3), [steps, dim]))
+
+
+def _chunk(store, rows) -> None:
+    _edit_json(store / "audio" / "features" / "zarr.json",
+               lambda d: d["chunk_grid"]["configuration"]["chunk_shape"].__setitem__(0, rows))
+
+
+@pytest.mark.parametrize("craft, message", [
+    (lambda s: _rows(s, 10**12), "the cache header declares 1000000000000 rows (at most 100,000,000)"),
+    (lambda s: _rows(s, -5), "the cache header declares -5 rows"),
+    (lambda s: _edit_header(s, lambda h: h.update(n_rows="12")), "the cache header declares '12' rows"),
+    (lambda s: _steps(s, 10**6, 10**5), "audio features of 1000000 x 100000 (190734 MiB a row, at most 256)"),
+    (lambda s: _edit_header(s, lambda h: h.update(rows_per_shard=10**8)), "shards of 100000000 x 6 x 4"),
+    (lambda s: _edit_json(s / "meta" / "id" / "zarr.json", lambda d: d.update(shape=[10**9])),
+     "meta/id is (1000000000,) StringDType(), the header implies (10,) str"),
+    (lambda s: _edit_json(s / "done" / "zarr.json", lambda d: d.update(data_type="float64", fill_value=0.0)),
+     "done is (10,) float64, the header implies (10,) bool"),
+    (lambda s: _chunk(s, 10**9), "audio/features declares chunks of (1000000000, 6, 4), larger than its rows allow"),
+    (lambda s: __import__("shutil").rmtree(s / "text" / "lengths"), "no readable array text/lengths"),
+    (lambda s: (s / "done" / "zarr.json").write_text("{not json"), "no readable array done (JSONDecodeError"),
+])
+def test_a_store_declaring_absurd_or_inconsistent_sizes_is_refused_before_any_allocation(tmp_path, craft, message):
+    import tracemalloc
+
+    store = tmp_path / "shared"
+    sc.write(store, n=10)
+    craft(store)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CacheError) as refused:
+            Cache.open(store)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message in str(refused.value) and str(store) in str(refused.value) and "Fix:" in str(refused.value)
+    assert peak < 8 << 20  # the metadata only: nothing of the declared sizes
+    with pytest.raises(CacheError, match="Fix:"):
+        CacheWriter.open(store)  # what verify --repair and extraction workers open
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 2 and message in r.output
