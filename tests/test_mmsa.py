@@ -195,28 +195,39 @@ def test_import_rejects_a_pickle_of_something_else(tmp_path):
     assert r.exit_code == 2 and "not an MMSA feature pickle" in r.output
 
 
-def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monkeypatch):
-    """MOSEI's pickle is GBs: a float32 copy of every split next to it would double the import's peak memory."""
+def _feature_pickle() -> dict:
+    """900 rows of 3 x (16, 128) float32 features: 21 MiB pickled."""
+    rng = np.random.default_rng(0)
+    return {split: {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
+                    "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
+                    **{src: rng.standard_normal((n, 16, 128)).astype(np.float32)
+                       for src in ("audio", "vision", "text")}}
+            for split, n in (("train", 600), ("valid", 150), ("test", 150))}
+
+
+def _import_peak(pkl, out) -> int:
+    """Bytes allocated at the peak of an import, as tracemalloc sees them (numpy reports its arrays to it)."""
     import tracemalloc
 
     from egmf.cache import mmsa
 
-    rng = np.random.default_rng(0)
-    data = {}
-    for split, n in (("train", 600), ("valid", 150), ("test", 150)):
-        data[split] = {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
-                       "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
-                       **{src: rng.standard_normal((n, 16, 128)).astype(np.float32)
-                          for src in ("audio", "vision", "text")}}
+    tracemalloc.start()
+    try:
+        mmsa.import_mmsa(pkl, out, "sims-v2", progress=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monkeypatch):
+    """MOSEI's pickle is GBs: a float32 copy of every split next to it would double the import's peak memory."""
+    from egmf.cache import mmsa
+
+    data = _feature_pickle()
     feature_bytes = sum(part[src].nbytes for part in data.values() for src in ("audio", "vision", "text"))
     (tmp_path / "aligned_50.pkl").write_bytes(b"stands in for the pickle")
     monkeypatch.setattr(mmsa, "load_pickle", lambda path: data)
-    tracemalloc.start()
-    try:
-        mmsa.import_mmsa(tmp_path / "aligned_50.pkl", tmp_path / "s", "sims-v2", progress=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _import_peak(tmp_path / "aligned_50.pkl", tmp_path / "s")
     assert peak < feature_bytes / 3, f"peak {peak / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB of features"
     c = Cache.open(tmp_path / "s")
     text, lengths = c.features("text")
@@ -228,22 +239,7 @@ def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monk
 def test_an_import_peaks_near_the_pickles_own_size(tmp_path):
     """ch-simsv2s.pkl is 3.6 GB: reading it whole is unavoidable, a second copy of it (bytes read first, a float32
     copy of every split) is not. Measured on a 335 MiB MOSEI-shaped pickle: 398 MiB added RSS (README)."""
-    import tracemalloc
-
-    from egmf.cache import mmsa
-
-    rng = np.random.default_rng(0)
-    data = {split: {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
-                    "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
-                    **{src: rng.standard_normal((n, 16, 128)).astype(np.float32) for src in ("audio", "vision", "text")}}
-            for split, n in (("train", 600), ("valid", 150), ("test", 150))}
-    (tmp_path / "aligned_50.pkl").write_bytes(pickle.dumps(data, protocol=4))
-    del data
-    size = (tmp_path / "aligned_50.pkl").stat().st_size  # 21 MiB
-    tracemalloc.start()
-    try:
-        mmsa.import_mmsa(tmp_path / "aligned_50.pkl", tmp_path / "s", "sims-v2", progress=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (tmp_path / "aligned_50.pkl").write_bytes(pickle.dumps(_feature_pickle(), protocol=4))
+    size = (tmp_path / "aligned_50.pkl").stat().st_size
+    peak = _import_peak(tmp_path / "aligned_50.pkl", tmp_path / "s")
     assert peak < 1.3 * size, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB pickle"
