@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -29,10 +28,9 @@ from ..cache.schema import CacheError
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 CHECKPOINT_PARTS = ("model", "optimizer", "scheduler", "state", "rng")
-# What a format-1 checkpoint needs beyond torch's weights-only types: numpy's uint32 key array of the RNG state,
-# under the module names numpy 1.x and 2.x pickle it with. Rebuilding an array calls no code of the file's choice.
-FORMAT_1_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType,
-                    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+# What a format-1 checkpoint needs beyond torch's weights-only types: numpy's uint32 key array of the RNG state (the
+# project has always pinned numpy 2, which pickles it under numpy._core). Rebuilding an array runs no code.
+FORMAT_1_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 def _atomic_json(path: Path, obj) -> None:
