@@ -137,11 +137,18 @@ class RunFolder:
         torch.save(blob, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")  # atomic: the previous checkpoint stays until this one is whole
 
-    def resume(self, model, opt, sched) -> dict | None:
+    def resume(self, model, opt, sched, like: dict | None = None) -> dict | None:
+        """The training state of the checkpoint, its weights, optimiser, schedule and RNG states restored; None
+        when there is none. like: a fresh training state, whose keys and value types the saved one must have."""
         f = self.path / "checkpoint.pt"
         if not f.exists():
             return None
         blob = read_checkpoint(f)
+        wrong = [k for k, v in (like or {}).items()
+                 if not isinstance(blob["state"].get(k), (int, float) if isinstance(v, float) else type(v))]
+        if wrong:
+            raise CacheError(f"{f}: a damaged checkpoint (its training state lacks or mistypes {', '.join(wrong)}). "
+                             f"{_REFUSED_FIX.format(f=f)}")
         shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
         missing = sorted(set(shapes) - set(saved))

@@ -363,12 +363,15 @@ def _damage(run, how):
         torch.save([blob], f)
     elif how == "no optimiser groups":
         torch.save({**blob, "optimizer": {"state": {}}}, f)
+    elif how == "a state without its step":
+        torch.save({**blob, "state": {k: v for k, v in blob["state"].items() if k != "step"}}, f)
     elif how == "not a checkpoint":
         f.write_text("model weights\n")
 
 
 @pytest.mark.parametrize("how, message", [
     ("torn", "not a readable checkpoint"), ("no model", "a damaged checkpoint (no model)"),
+    ("a state without its step", "a damaged checkpoint (its training state lacks or mistypes step)"),
     ("a list", "a damaged checkpoint (it holds a list"), ("no optimiser groups", "a damaged checkpoint (its optimiser"),
     ("not a checkpoint", "not a readable checkpoint")])
 def test_a_damaged_checkpoint_is_a_message_naming_it_not_a_traceback(trained, small_cache, tmp_path, how, message):
