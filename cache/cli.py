@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from . import inspect
-from .mmsa import import_mmsa
+from .mmsa import RANGES, import_mmsa
 from .reader import Cache
 from .schema import CacheError
 from .writer import CacheWriter
@@ -76,13 +76,21 @@ def verify(store: str = typer.Argument(..., help="Store path or URL"),
 def import_mmsa_cmd(pkl: Path = typer.Argument(..., exists=True, dir_okay=False,
                                                help="MMSA aligned_50.pkl or unaligned_50.pkl"),
                     out: str = typer.Option(..., "--out", help="Store to write"),
-                    dataset: str = typer.Option(None, help="mosei, mosi, sims or sims-v2 (default: guessed from "
-                                                           "the label range)")):
-    """Import MMSA-style pre-extracted features into a feature cache."""
+                    dataset: str = typer.Option(..., help=f"The corpus the pickle holds: {', '.join(RANGES)} "
+                                                          "(never guessed: MOSI and MOSEI share a label range, "
+                                                          "as do SIMS v1 and v2)")):
+    """Import MMSA-style pre-extracted features into a feature cache.
+
+    The pickle is read as data only: anything in it but numpy arrays and plain containers is refused unrun.
+    NaN, infinite values and values beyond float16 in the features are set to 0 (as MMSA's loaders do) and counted.
+    """
     try:
         report = import_mmsa(pkl, out, dataset)
     except (ValueError, CacheError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"imported {report.rows} rows into {out} ({report.per_split}); -inf values replaced by 0: "
-               + ", ".join(f"{m} {n}" for m, n in report.neg_inf_replaced.items()))
+    typer.echo(f"imported {report.rows} rows into {out} ({report.per_split})")
+    for where, kinds in report.cleaned.items():
+        typer.echo(f"set to 0 in {where}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items()))
+    if not report.cleaned:
+        typer.echo("no NaN, infinite or out-of-float16 values in the features")

@@ -43,3 +43,42 @@ def open_group(url, mode: str, storage_options: dict | None = None) -> zarr.Grou
         raise CacheError(
             f"{url}: not a feature cache ({type(e).__name__}: {e}). "
             "Fix: pass the folder or URL that egmf-extract / egmf-cache import-mmsa wrote") from None
+
+
+def expected_arrays(header) -> dict[str, tuple[tuple[int, ...], str]]:
+    """path -> (shape, dtype) of every array the header implies ("str" for text)."""
+    n = header.n_rows
+    out = {f"meta/{c}": ((n,), "int32" if c == "turn" else "str") for c in META_COLUMNS}
+    out |= {f"labels/{s.name}": ((n,), "int16" if s.kind == "class" else "float32") for s in header.dataset.labels}
+    for m, enc in header.encoders.items():
+        out |= {f"{m}/features": ((n, enc.max_steps, enc.dim), "float16"), f"{m}/lengths": ((n,), "int32"),
+                f"{m}/problem": ((n,), "str")}
+    return out | {"done": ((n,), "bool")}
+
+
+def check_arrays(group: zarr.Group, header, url: str) -> None:
+    """Every array the header implies exists with the header's shape, dtype and a chunk grid no larger than a
+    shard: reading a chunk allocates its whole declared shape, so a crafted zarr.json must not choose it."""
+    problems = []
+    for path, (shape, dtype) in expected_arrays(header).items():
+        try:
+            arr = group[path]  # by name, no listing: a plain HTTP server cannot list a folder
+        except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as e:  # absent, or its zarr.json bad
+            problems.append(f"no readable array {path} ({type(e).__name__}: {e})")
+            continue
+        if not isinstance(arr, zarr.Array):
+            problems.append(f"{path} is a group, not an array")
+            continue
+        kind_ok = arr.dtype.kind in "TUO" if dtype == "str" else arr.dtype == dtype
+        if tuple(arr.shape) != shape or not kind_ok:
+            problems.append(f"{path} is {tuple(arr.shape)} {arr.dtype}, the header implies {shape} {dtype}")
+            continue
+        limit = (max(shape[0], header.rows_per_shard), *shape[1:])  # the writer's chunks: a shard, or the column
+        for grid in (arr.chunks, arr.shards or arr.chunks):
+            if any(c > m for c, m in zip(grid, limit)):
+                problems.append(f"{path} declares chunks of {tuple(grid)}, larger than its rows allow ({limit})")
+                break
+    if problems:
+        raise CacheError(f"{url}: the arrays disagree with the cache header ({'; '.join(problems[:3])}"
+                         f"{'; ...' if len(problems) > 3 else ''}). Fix: re-extract the store, or copy it again "
+                         "from where it was made")

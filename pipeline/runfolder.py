@@ -3,7 +3,8 @@
     RUN/config.json         the resolved training and model config, tasks, modalities
     RUN/caches.json         url, dataset, fingerprint and feature fingerprint of every training cache
     RUN/model/              the best model: peft adapter + fusion weights + model config (EGMF.save)
-    RUN/checkpoint.pt       the last training state (trainable weights, optimiser, schedule, RNG, history)
+    RUN/checkpoint.pt       the last training state (trainable weights, optimiser, schedule, RNG, history), read
+                            with torch.load(weights_only=True): tensors and plain containers only, never code
     RUN/metrics.json        per-epoch history and the run summary; RUN/metrics-<split>.json from egmf-eval
     RUN/plots/*.png         learning curves, confusion matrices, expert-gate weights per class
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +24,13 @@ import torch
 from ..cache.reader import Cache
 from ..cache.schema import CacheError
 
-CHECKPOINT_FORMAT = 1
+# 2: RNG states as tensors and plain numbers. 1 (still resumed): numpy's RNG state as its own tuple with an array.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+CHECKPOINT_PARTS = ("model", "optimizer", "scheduler", "state", "rng")
+# What a format-1 checkpoint needs beyond torch's weights-only types: numpy's uint32 key array of the RNG state (the
+# project has always pinned numpy 2, which pickles it under numpy._core). Rebuilding an array runs no code.
+FORMAT_1_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 def _atomic_json(path: Path, obj) -> None:
@@ -129,14 +137,18 @@ class RunFolder:
         torch.save(blob, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")  # atomic: the previous checkpoint stays until this one is whole
 
-    def resume(self, model, opt, sched) -> dict | None:
+    def resume(self, model, opt, sched, like: dict | None = None) -> dict | None:
+        """The training state of the checkpoint, its weights, optimiser, schedule and RNG states restored; None
+        when there is none. like: a fresh training state, whose keys and value types the saved one must have."""
         f = self.path / "checkpoint.pt"
         if not f.exists():
             return None
-        blob = torch.load(f, map_location="cpu", weights_only=False)
-        if blob.get("format") != CHECKPOINT_FORMAT:
-            raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. "
-                             f"Fix: train into a new --out")
+        blob = read_checkpoint(f)
+        wrong = [k for k, v in (like or {}).items()
+                 if not isinstance(blob["state"].get(k), (int, float) if isinstance(v, float) else type(v))]
+        if wrong:
+            raise CacheError(f"{f}: a damaged checkpoint (its training state lacks or mistypes {', '.join(wrong)}). "
+                             f"{_REFUSED_FIX.format(f=f)}")
         shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
         missing = sorted(set(shapes) - set(saved))
@@ -146,10 +158,57 @@ class RunFolder:
             raise CacheError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
                              "options (e.g. --lora-r), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
-        opt.load_state_dict(_without_params(blob["optimizer"], [n in shapes for n in saved]))
-        sched.load_state_dict(blob["scheduler"])
-        _set_rng_state(blob["rng"])
+        try:
+            opt.load_state_dict(_without_params(blob["optimizer"], [n in shapes for n in saved]))
+            sched.load_state_dict(blob["scheduler"])
+            _set_rng_state(blob["rng"])
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            raise CacheError(f"{f}: a damaged checkpoint (its optimiser, schedule or RNG state: "
+                             f"{type(e).__name__}: {e}). {_REFUSED_FIX.format(f=f)}") from None
         return blob["state"]
+
+
+_REFUSED_FIX = ("Fix: train into a new --out, or delete {f} to train this run again from its start; take run "
+                "folders only from people you trust")
+
+
+def read_checkpoint(f: Path) -> dict:
+    """A checkpoint's parts, read as data only: a run folder may come from someone else, and a full unpickle
+    runs whatever code the file names. A crafted, damaged or foreign file is refused naming it."""
+    fix = _REFUSED_FIX.format(f=f)
+    try:
+        with torch.serialization.safe_globals(FORMAT_1_GLOBALS):
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: torch raises zip, pickle and storage errors of many types
+        refused = _weights_only_refusal(str(e))
+        if refused:
+            raise CacheError(f"{f}: refused to load: it holds more than tensors and plain data ({refused}); "
+                             f"nothing in it was run. {fix}") from None
+        cause = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))  # without torch's advice around it
+        raise CacheError(f"{f}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{cause[1] if cause else e}). {fix}") from None
+    if not isinstance(blob, dict):
+        raise CacheError(f"{f}: a damaged checkpoint (it holds a {type(blob).__name__}, not egmf's dict). {fix}")
+    if blob.get("format") not in READABLE_FORMATS:
+        raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. {fix}")
+    missing = [k for k in CHECKPOINT_PARTS if not isinstance(blob.get(k), dict)]
+    if missing:
+        raise CacheError(f"{f}: a damaged checkpoint (no {', '.join(missing)}). {fix}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in blob["model"].items()):
+        raise CacheError(f"{f}: a damaged checkpoint (its weights are not all named tensors). {fix}")
+    return blob
+
+
+def _weights_only_refusal(message: str) -> str | None:
+    """What torch's weights-only loader refused to call or build, or None when the file is merely damaged.
+
+    torch wraps the cause ("... unsupported GLOBAL posix.system ...") in advice to load with weights_only=False,
+    exactly what must not be done with such a file: only the cause is kept."""
+    called = re.search(r"GLOBAL ([\w.]+)", message)
+    if called:
+        return f"it calls {called[1]}"
+    built = re.search(r"Can only build [^\n]+", message)
+    return built[0] if built else None
 
 
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -174,15 +233,24 @@ def _without_params(optimizer: dict, keep: list[bool]) -> dict:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain numbers: what a weights-only load reads."""
+    _, mt, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),  # (int, tuple of ints, float or None): plain data already
+             "numpy": {"key": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()  # the current device: the trainer sets it to its rank's GPU
     return state
 
 
 def _set_rng_state(s: dict) -> None:
+    numpy_state = s["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    np.random.set_state(numpy_state)  # a format-1 checkpoint holds the tuple np.random.get_state() returns
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state(s["cuda"])

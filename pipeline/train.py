@@ -178,8 +178,8 @@ class Trainer:
                                 weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total), int(total))
         wrapped = self._wrap(model)
-        state = self.run.resume(model, opt, sched) or {"step": 0, "epoch": 0, "history": [], "best": -math.inf,
-                                                        "bad_epochs": 0}
+        fresh = {"step": 0, "epoch": 0, "history": [], "best": -math.inf, "bad_epochs": 0}
+        state = self.run.resume(model, opt, sched, like=fresh) or fresh
         if self.rank == 0:
             self.run.write_config(cfg, mcfg, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state["step"], desc="train", unit="step",

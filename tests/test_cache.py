@@ -1,5 +1,3 @@
-import pickle
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -155,94 +153,6 @@ def test_info_reports_shapes_splits_encoders_and_pending(tmp_path):
     assert "(2 not done)" in r.output and "synthetic" in r.output
 
 
-def _mmsa_pickle(path, n=(5, 2, 3), sims=True):
-    rng = np.random.default_rng(0)
-    data = {}
-    for split, k in zip(("train", "valid", "test"), n):
-        audio = rng.standard_normal((k, 8, 5)).astype(np.float32)
-        audio[0, 1, 2] = -np.inf
-        vision = rng.standard_normal((k, 6, 4)).astype(np.float32)
-        text = rng.standard_normal((k, 7, 9)).astype(np.float32)
-        text[:, 5:] = 0  # padded tokens
-        part = {"id": [f"{split}v$_${i}" for i in range(k)], "raw_text": [f"{split} text {i}" for i in range(k)],
-                "audio": audio, "vision": vision, "text": text,
-                "audio_lengths": [8] * (k - 1) + [3], "vision_lengths": [6] * k,
-                "regression_labels": rng.uniform(-1, 1, k).astype(np.float32)}
-        if sims:
-            for m in "TAV":
-                part[f"regression_labels_{m}"] = rng.uniform(-1, 1, k).astype(np.float32)
-        data[split] = part
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
-    return data
-
-
-def test_import_mmsa_pickle(tmp_path):
-    data = _mmsa_pickle(tmp_path / "unaligned_50.pkl")
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s")])
-    assert r.exit_code == 0, r.output
-    assert "audio 3" in r.output  # one -inf per split, counted
-    c = Cache.open(tmp_path / "s")
-    assert c.split_counts() == {"train": 5, "dev": 2, "test": 3}
-    assert c.dataset.name == "sims-v2-mmsa" and c.dataset.label("sentiment").high == 1.0
-    assert {"sentiment_T", "sentiment_A", "sentiment_V"} <= set(c.labels)
-    audio, alen = c.features("audio")
-    assert alen.tolist()[:5] == [8, 8, 8, 8, 3]
-    assert audio[0, 1, 2] == 0  # -inf became 0
-    np.testing.assert_allclose(audio[1], data["train"]["audio"][1].astype(np.float16))
-    assert not audio[4, 3:].any()
-    _, tlen = c.features("text")
-    assert (tlen == 5).all()  # aligned-style text: length = last non-zero step
-    np.testing.assert_allclose(c.labels["sentiment_A"][5:7], data["valid"]["regression_labels_A"], rtol=1e-6)
-    assert c.meta["split"][5] == "dev" and c.meta["text"][5] == "valid text 0"
-    assert runner.invoke(app, ["verify", str(tmp_path / "s")]).exit_code == 0
-
-
-def test_import_rejects_a_pickle_of_something_else(tmp_path):
-    with open(tmp_path / "x.pkl", "wb") as f:
-        pickle.dump({"train": {}}, f)
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "s")])
-    assert r.exit_code == 2 and "not an MMSA feature pickle" in r.output
-
-
-def test_import_refuses_an_unknown_dataset_name_with_the_choices(tmp_path):
-    _mmsa_pickle(tmp_path / "unaligned_50.pkl")
-    r = runner.invoke(app, ["import-mmsa", str(tmp_path / "unaligned_50.pkl"), "--out", str(tmp_path / "s"),
-                            "--dataset", "MOSEI"])
-    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
-    assert "unknown dataset 'MOSEI'" in r.output and "mosei | mosi | sims | sims-v2" in r.output
-
-
-def test_import_converts_one_block_at_a_time_not_the_whole_pickle(tmp_path, monkeypatch):
-    """MOSEI's pickle is GBs: a float32 copy of every split next to it would double the import's peak memory."""
-    import tracemalloc
-
-    from egmf.cache import mmsa
-
-    rng = np.random.default_rng(0)
-    data = {}
-    for split, n in (("train", 600), ("valid", 150), ("test", 150)):
-        data[split] = {"id": [f"{split}{i}" for i in range(n)], "raw_text": ["t"] * n,
-                       "regression_labels": rng.uniform(-1, 1, n).astype(np.float32),
-                       **{src: rng.standard_normal((n, 16, 128)).astype(np.float32)
-                          for src in ("audio", "vision", "text")}}
-    feature_bytes = sum(part[src].nbytes for part in data.values() for src in ("audio", "vision", "text"))
-    (tmp_path / "aligned_50.pkl").write_bytes(b"stands in for the pickle")
-    monkeypatch.setattr(mmsa, "load_pickle", lambda path: data)
-    tracemalloc.start()
-    try:
-        mmsa.import_mmsa(tmp_path / "aligned_50.pkl", tmp_path / "s", progress=False)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < feature_bytes / 3, f"peak {peak / 2**20:.1f} MiB for {feature_bytes / 2**20:.1f} MiB of features"
-    c = Cache.open(tmp_path / "s")
-    text, lengths = c.features("text")
-    assert (lengths == 16).all()
-    np.testing.assert_array_equal(text[599:601], np.concatenate([data["train"]["text"][-1:],
-                                                                 data["valid"]["text"][:1]]).astype(np.float16))
-
-
 def test_a_zarr_group_that_is_no_egmf_cache_is_refused_by_reader_and_writer_alike(tmp_path):
     import zarr
 
@@ -267,3 +177,69 @@ def test_a_damaged_header_is_a_clear_error_naming_the_store(tmp_path):
         Cache.open(tmp_path / "store")
     r = runner.invoke(app, ["info", str(tmp_path / "store")])
     assert r.exit_code == 2 and "header is damaged" in r.output
+
+
+# --- a shared store is data only: its header and zarr.json decide nothing absurd -----------------------------------
+
+def _edit_json(path, edit) -> None:
+    import json
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d))
+
+
+def _edit_header(store, edit) -> None:
+    from egmf.cache.header import ATTR
+    _edit_json(store / "zarr.json", lambda d: edit(d["attributes"][ATTR]))
+
+
+def _rows(store, n) -> None:
+    """Header and every array's zarr.json agree on n rows: only the size itself is absurd."""
+    _edit_header(store, lambda h: h.update(n_rows=n))
+    for meta in store.rglob("zarr.json"):
+        _edit_json(meta, lambda d: d.get("shape") and d["shape"].__setitem__(0, n))
+
+
+def _steps(store, steps, dim) -> None:
+    _edit_header(store, lambda h: h["encoders"]["audio"].update(max_steps=steps, dim=dim))
+    _edit_json(store / "audio" / "features" / "zarr.json", lambda d: d["shape"].__setitem__(slice(1, 3), [steps, dim]))
+
+
+def _chunk(store, rows) -> None:
+    _edit_json(store / "audio" / "features" / "zarr.json",
+               lambda d: d["chunk_grid"]["configuration"]["chunk_shape"].__setitem__(0, rows))
+
+
+@pytest.mark.parametrize("craft, message", [
+    (lambda s: _rows(s, 10**12), "the cache header declares 1000000000000 rows (at most 100,000,000)"),
+    (lambda s: _rows(s, -5), "the cache header declares -5 rows"),
+    (lambda s: _edit_header(s, lambda h: h.update(n_rows="12")), "the cache header declares '12' rows"),
+    (lambda s: _steps(s, 10**6, 10**5), "audio features of 1000000 x 100000 (190734 MiB a row, at most 256)"),
+    (lambda s: _edit_header(s, lambda h: h.update(rows_per_shard=10**8)), "shards of 100000000 x 6 x 4"),
+    (lambda s: _edit_json(s / "meta" / "id" / "zarr.json", lambda d: d.update(shape=[10**9])),
+     "meta/id is (1000000000,) StringDType(), the header implies (10,) str"),
+    (lambda s: _edit_json(s / "done" / "zarr.json", lambda d: d.update(data_type="float64", fill_value=0.0)),
+     "done is (10,) float64, the header implies (10,) bool"),
+    (lambda s: _chunk(s, 10**9), "audio/features declares chunks of (1000000000, 6, 4), larger than its rows allow"),
+    (lambda s: __import__("shutil").rmtree(s / "text" / "lengths"), "no readable array text/lengths"),
+    (lambda s: (s / "done" / "zarr.json").write_text("{not json"), "no readable array done (JSONDecodeError"),
+])
+def test_a_store_declaring_absurd_or_inconsistent_sizes_is_refused_before_any_allocation(tmp_path, craft, message):
+    import tracemalloc
+
+    store = tmp_path / "shared"
+    sc.write(store, n=10)
+    craft(store)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CacheError) as refused:
+            Cache.open(store)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert message in str(refused.value) and str(store) in str(refused.value) and "Fix:" in str(refused.value)
+    assert peak < 8 << 20  # the metadata only: nothing of the declared sizes
+    with pytest.raises(CacheError, match="Fix:"):
+        CacheWriter.open(store)  # what verify --repair and extraction workers open
+    r = runner.invoke(app, ["info", str(store)])
+    assert r.exit_code == 2 and message in r.output

@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -22,6 +23,7 @@ from egmf.cache.header import ATTR
 from egmf.pipeline.cli import train_app
 from egmf.pipeline.model import EGMF
 from egmf.pipeline.runfolder import RunFolder
+from crafted_pickle import creating
 from faultkit import call, returned, run_plan
 
 runner = CliRunner()
@@ -74,7 +76,7 @@ def run_outcome(run) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     for key in TIMING:
         metrics["summary"].pop(key)
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)  # tensors and plain data only
     return {"metrics": metrics, "weights": checkpoint["model"], "state": checkpoint["state"],
             "fusion": load_file(run / "model" / "fusion.safetensors"),
             "adapter": load_file(run / "model" / "adapter" / "adapter_model.safetensors")}
@@ -105,10 +107,10 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result(sweep, name):
 def test_a_kill_while_saving_a_checkpoint_leaves_the_previous_one_whole(sweep):
     work, _ = sweep
     killed = work / f"s{list(KILLS).index('while writing the epoch-end checkpoint')}-killed"
-    previous = torch.load(killed / "checkpoint.pt", weights_only=False)
+    previous = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert previous["state"]["step"] == 50 and previous["state"]["epoch"] == 0  # the step checkpoint, intact
     with pytest.raises(Exception):
-        torch.load(killed / "checkpoint.pt.tmp", weights_only=False)  # the torn one never replaced it
+        torch.load(killed / "checkpoint.pt.tmp", weights_only=True)  # the torn one never replaced it
 
 
 # --- divergence ---------------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def test_divergence_stops_the_run_with_the_last_good_state_kept(small_cache, tra
         r = runner.invoke(train_app, small_run(small_cache, run))
     assert r.exit_code == 1 and message in r.stderr and "Fix: lower --lr" in r.stderr, r.output
     assert not (run / "metrics.json").exists()  # no summary of a run that did not finish
-    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["state"]["step"] == 5 and finite(checkpoint["model"].values())
     assert finite(RunFolder(run).load_model().parameters())
     # Nothing lost: the same command resumes from that checkpoint and ends where a run without the fault ends.
@@ -273,13 +275,13 @@ def test_a_model_save_killed_anywhere_leaves_a_whole_model_and_the_next_save_wor
 # --- run folders and caches that do not fit -----------------------------------------------------------------------
 
 def with_checkpoint_format(run, value) -> None:
-    blob = torch.load(run / "checkpoint.pt", weights_only=False)
+    blob = torch.load(run / "checkpoint.pt", weights_only=True)
     torch.save({**blob, "format": value}, run / "checkpoint.pt")
 
 
 @pytest.mark.parametrize("change, extra, message", [
     (None, ["--lora-r", "4"], "does not fit this model (other shapes: "),
-    (lambda run: with_checkpoint_format(run, 0), [], "checkpoint format 0, this egmf writes 1. Fix: train into a new"),
+    (lambda run: with_checkpoint_format(run, 0), [], "checkpoint format 0, this egmf writes 2. Fix: train into a new"),
 ])
 def test_a_run_folder_that_does_not_fit_is_refused_untouched(trained, small_cache, tmp_path, change, extra, message):
     run = tmp_path / "run"
@@ -291,6 +293,94 @@ def test_a_run_folder_that_does_not_fit_is_refused_untouched(trained, small_cach
     assert r.exit_code == 1 and message in r.stderr and "Fix:" in r.stderr, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)  # an explanation, not a traceback
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+# --- run folders from others: read as data only --------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", [0, 1], ids=["os.system", "open"])
+def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_runs_nothing(trained, small_cache, tmp_path,
+                                                                                  which):
+    run, marker = tmp_path / "run", tmp_path / "created-by-the-checkpoint"
+    shutil.copytree(trained, run)
+    blob = torch.load(run / "checkpoint.pt", weights_only=True)
+    payload = creating(marker)[which]
+    torch.save({**blob, "state": {**blob["state"], "history": payload}}, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    r = runner.invoke(train_app, small_run(small_cache, run, "--epochs", "4"))
+    assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    called = payload.called
+    assert f"{run / 'checkpoint.pt'}: refused to load" in r.stderr and called in r.stderr and "Fix:" in r.stderr
+    assert not marker.exists() and (run / "checkpoint.pt").read_bytes() == before
+
+
+def _format_1(blob: dict) -> dict:
+    """The blob as egmf wrote it before checkpoints became weights-only: numpy's RNG state as get_state()'s tuple."""
+    rng = blob["rng"]["numpy"]
+    numpy_state = ("MT19937", rng["key"].numpy().astype(np.uint32), rng["pos"], rng["has_gauss"], rng["gauss"])
+    return {**blob, "format": 1, "rng": {**blob["rng"], "numpy": numpy_state}}
+
+
+def test_a_checkpoint_written_the_old_way_resumes_to_the_same_result(trained, small_cache, tmp_path):
+    outcomes = []
+    for name, rewrite in (("now", lambda blob: blob), ("old", _format_1)):
+        run = tmp_path / name
+        shutil.copytree(trained, run)
+        torch.save(rewrite(torch.load(run / "checkpoint.pt", weights_only=True)), run / "checkpoint.pt")
+        r = runner.invoke(train_app, small_run(small_cache, run, "--epochs", "4"))
+        assert r.exit_code == 0, r.output
+        outcomes.append(run_outcome(run))
+    assert outcomes[1]["metrics"]["summary"]["steps"] == 20  # resumed after step 15, not started again
+    assert_same_outcome(*outcomes)
+
+
+def test_the_numpy_rng_state_round_trips_through_both_checkpoint_formats(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    run = RunFolder(tmp_path)
+    np.random.seed(3)
+    np.random.standard_normal()  # leaves a cached gaussian in the state
+    expected = np.random.standard_normal(4)
+    np.random.seed(3)
+    np.random.standard_normal()
+    run.save_checkpoint(model, opt, sched, {"step": 1})
+    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for written in (blob, _format_1(blob)):
+        torch.save(written, tmp_path / "checkpoint.pt")
+        np.random.seed(0)
+        assert run.resume(model, opt, sched) == {"step": 1}
+        np.testing.assert_array_equal(np.random.standard_normal(4), expected)
+
+
+def _damage(run, how):
+    f = run / "checkpoint.pt"
+    blob = torch.load(f, weights_only=True)
+    if how == "torn":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif how == "no model":
+        torch.save({k: v for k, v in blob.items() if k != "model"}, f)
+    elif how == "a list":
+        torch.save([blob], f)
+    elif how == "no optimiser groups":
+        torch.save({**blob, "optimizer": {"state": {}}}, f)
+    elif how == "a state without its step":
+        torch.save({**blob, "state": {k: v for k, v in blob["state"].items() if k != "step"}}, f)
+    elif how == "not a checkpoint":
+        f.write_text("model weights\n")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("torn", "not a readable checkpoint"), ("no model", "a damaged checkpoint (no model)"),
+    ("a state without its step", "a damaged checkpoint (its training state lacks or mistypes step)"),
+    ("a list", "a damaged checkpoint (it holds a list"), ("no optimiser groups", "a damaged checkpoint (its optimiser"),
+    ("not a checkpoint", "not a readable checkpoint")])
+def test_a_damaged_checkpoint_is_a_message_naming_it_not_a_traceback(trained, small_cache, tmp_path, how, message):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    _damage(run, how)
+    r = runner.invoke(train_app, small_run(small_cache, run, "--epochs", "4"))
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    assert f"{run / 'checkpoint.pt'}: {message}" in r.stderr and "Fix: train into a new --out" in r.stderr
 
 
 def test_a_cache_of_another_schema_version_is_refused_by_egmf_train(small_cache, tmp_path):

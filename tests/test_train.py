@@ -242,7 +242,7 @@ def test_a_max_steps_stop_mid_epoch_neither_counts_as_an_epoch_nor_repeats_in_th
     run = tmp_path / "run"
 
     def checkpoint():
-        return torch.load(run / "checkpoint.pt", weights_only=False)["state"]
+        return torch.load(run / "checkpoint.pt", weights_only=True)["state"]
 
     def history():
         records = json.loads((run / "metrics.json").read_text())["history"]
