@@ -77,7 +77,6 @@ class CorrelationExpert(_GatedExpert):
                                     for a in modalities for b in modalities if a != b})
         self.dropout = nn.Dropout(dropout)
         self.feed_forward = FeedForward(d_model, dropout)
-        self.register_load_state_dict_pre_hook(_drop_unused_norm)
 
     def transform(self, tokens, masks, **_):
         if self.norm is None:
@@ -90,13 +89,6 @@ class CorrelationExpert(_GatedExpert):
                     x = x + self.dropout(self.cross[f"{a}<-{b}"](normed[i], normed[j], masks[j]))
             outputs.append(self.feed_forward(x))
         return outputs
-
-
-def _drop_unused_norm(expert: CorrelationExpert, state_dict: dict, prefix: str, *_):
-    # Single-modality models saved before the norm was left out carry its weights, never trained: drop them.
-    if expert.norm is None:
-        for key in [k for k in state_dict if k.startswith(prefix + "norm.")]:
-            del state_dict[key]
 
 
 class ContextExpert(_GatedExpert):

@@ -1,4 +1,7 @@
-"""`egmf-train`, `egmf-eval`, `egmf-predict`: thin typer commands over pipeline.train / pipeline.predict."""
+"""`egmf-train`, `egmf-eval`, `egmf-predict`: thin typer commands over pipeline.train / evaluate / predict.
+
+Their defaults are the dataclasses' (TrainConfig, ModelConfig), never copies of them.
+"""
 from __future__ import annotations
 
 import json
@@ -7,14 +10,20 @@ from pathlib import Path
 import typer
 
 from ..cache.schema import CacheError
-from ..extract.models import quiet_loaders
+from ..weights import quiet_loaders
+from .evaluate import EVAL_BATCH_SIZE, evaluate_run
 from .metrics import format_table, scalar_metrics
+from .model import ModelConfig
+from .presets import available
+from .runfolder import RunError
+from .train import TrainConfig, train_seeds
 
 quiet_loaders()
 
 train_app = typer.Typer(add_completion=False)
 eval_app = typer.Typer(add_completion=False)
 predict_app = typer.Typer(add_completion=False)
+FAILURES = (CacheError, RunError, FileNotFoundError, OSError, ValueError, FloatingPointError)
 
 
 def _fail(e: Exception):
@@ -32,35 +41,40 @@ def _seeds(seed: int, seeds: str | None) -> list[int]:
 def train(
     cache: list[str] = typer.Option(..., help="Feature cache path or URL (repeatable)"),
     out: str = typer.Option(None, help="Run folder (default: runs/<first cache's name>)"),
-    preset: str = typer.Option("offline", help="Model preset: offline (SmolLM2-135M GGUF, packaged), hub "
-                                               "(Qwen2.5-0.5B-Instruct), tiny (random, for tests)"),
-    epochs: int = typer.Option(10),
-    max_steps: int = typer.Option(None, help="Stop after this many optimiser steps (default: no limit)"),
+    preset: str = typer.Option(TrainConfig.preset, help=f"Model preset ({', '.join(available())}: "
+                                                        f"pipeline/presets/*.json) or a preset .json file"),
+    epochs: int = typer.Option(TrainConfig.epochs),
+    max_steps: int = typer.Option(TrainConfig.max_steps, help="Stop after this many optimiser steps (default: no "
+                                                               "limit)"),
     modalities: str = typer.Option(None, help="Comma-separated subset, e.g. text or audio,visual"),
-    lr: float = typer.Option(1e-3, help="Learning rate of the fusion and the LoRA weights"),
-    lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's)"),
-    history_tokens: int = typer.Option(None, help="Dialogue corpora: token budget for the earlier turns' "
-                                                  "transcripts in the prompt, 0 = none (default: 48)"),
-    batch_size: int = typer.Option(8),
-    patience: int = typer.Option(3, help="Early stopping: epochs without a better dev score"),
-    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints a killed run resumes from; 0 = only "
-                                                  "the one after each epoch"),
-    seed: int = typer.Option(0),
+    lr: float = typer.Option(TrainConfig.lr, help="Learning rate of the fusion and the LoRA weights"),
+    lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's); the scale is alpha / r"),
+    lora_alpha: int = typer.Option(None, help="LoRA alpha (default: the preset's, whatever --lora-r is)"),
+    context_turns: int = typer.Option(None, help=f"Dialogue corpora: preceding turns the context expert reads, "
+                                                 f"0 = none (default: {ModelConfig.context_turns})"),
+    history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
+                                                  f"transcripts in the prompt, 0 = none (default: "
+                                                  f"{ModelConfig.max_history_tokens})"),
+    batch_size: int = typer.Option(TrainConfig.batch_size),
+    patience: int = typer.Option(TrainConfig.patience, help="Early stopping: epochs without a better dev score"),
+    checkpoint_every: int = typer.Option(TrainConfig.checkpoint_every, help="Steps between checkpoints a killed run "
+                                         "resumes from; 0 = only the one after each epoch"),
+    seed: int = typer.Option(TrainConfig.seed),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 1,2,3: one run each in OUT/seed-N, then mean ± std"),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
-    precision: str = typer.Option("auto", help="auto (bf16 on CUDA and bf16-capable CPUs), fp32 or bf16"),
+    device: str = typer.Option(TrainConfig.device, help="auto, cpu or cuda"),
+    precision: str = typer.Option(TrainConfig.precision, help="auto (bf16 on CUDA and bf16-capable CPUs), fp32 or "
+                                                              "bf16"),
 ):
-    from .train import ConfigError, TrainConfig, train_seeds
-
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
+    model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "context_turns": context_turns,
+                     "max_history_tokens": history_tokens}
     try:
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
-                          modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
-                          batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
-                          device=device, precision=precision,
-                          overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
+                          modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
+                          patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
+                          precision=precision, overrides={k: v for k, v in model_options.items() if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
-    except (ConfigError, CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
+    except FAILURES as e:
         _fail(e)
     typer.echo(json.dumps(result, indent=2))
 
@@ -71,13 +85,12 @@ def evaluate(
     run: str = typer.Option(..., help="Run folder written by egmf-train"),
     cache: str = typer.Option(..., help="Feature cache path or URL (same encoders as the run's)"),
     split: str = typer.Option("test"),
-    device: str = typer.Option("auto"),
+    batch_size: int = typer.Option(EVAL_BATCH_SIZE),
+    device: str = typer.Option(TrainConfig.device),
 ):
-    from .train import evaluate_run
-
     try:
-        result = evaluate_run(run, cache, split, device=device)
-    except (CacheError, FileNotFoundError, OSError) as e:
+        result = evaluate_run(run, cache, split, batch_size, device)
+    except FAILURES as e:
         _fail(e)
     metrics = scalar_metrics(result["metrics"])
     typer.echo(f"{result['task']} on {split} ({result['cache']})")
@@ -93,13 +106,13 @@ def predict(
     text: str = typer.Option("", help="Transcript of the clip (empty: the text modality is missing)"),
     language: str = typer.Option("en", help="Prompt language: en or zh"),
     task: int = typer.Option(0, help="Task index for unified models (see RUN/config.json)"),
-    device: str = typer.Option("auto"),
+    device: str = typer.Option(TrainConfig.device),
 ):
-    from .predict import predict_clip
+    from .predict import predict_clip  # here: only egmf-predict loads stage one (the encoders)
 
     try:
         answer = predict_clip(run, clip, text, language, task, device)
-    except (CacheError, FileNotFoundError, OSError, ValueError) as e:
+    except FAILURES as e:
         _fail(e)
     gates = ", ".join(f"{k} {v:.2f}" for k, v in answer["expert_weights"].items())
     typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates})")

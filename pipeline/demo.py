@@ -11,10 +11,11 @@ from pathlib import Path
 
 import typer
 
-from ..extract.models import quiet_loaders
-from ..extract.run import ExtractConfig, extract
+from ..weights import quiet_loaders
+from ..extract.api import ExtractConfig, extract
 from .metrics import format_table, scalar_metrics
-from .train import TrainConfig, Trainer, evaluate_run
+from .evaluate import evaluate_run
+from .train import TrainConfig, Trainer
 
 demo_app = typer.Typer(add_completion=False)
 SETTINGS = {"all": None, "audio": ["audio"], "visual": ["visual"], "text": ["text"]}
@@ -53,12 +54,12 @@ def ablation_table(results: dict[str, dict]) -> str:
 @demo_app.command(help="Generate the demo corpus, extract it (offline preset), train SmolLM2-135M + LoRA + the "
                        "fusion on it, evaluate on its test split and print the metrics. --ablation also trains "
                        "each single modality and prints the comparison table.")
-def main(clips: int = typer.Option(350, help="Demo clips (a multiple of 7; splits 60/10/30)"),
-         epochs: int = typer.Option(8),
+def main(clips: int = typer.Option(DemoConfig.clips, help="Demo clips (a multiple of 7; splits 60/10/30)"),
+         epochs: int = typer.Option(DemoConfig.epochs),
          ablation: bool = typer.Option(False, help="Also train audio-only, visual-only and text-only models"),
-         model: str = typer.Option("offline", help="Model preset (offline: SmolLM2-135M GGUF; tiny: random)"),
-         encoders: str = typer.Option("offline", help="Extraction preset"),
-         runs: Path = typer.Option(Path("runs/demo"), help="Where the run folders go")):
+         model: str = typer.Option(DemoConfig.model, help="Model preset (offline: SmolLM2-135M GGUF; tiny: random)"),
+         encoders: str = typer.Option(DemoConfig.encoders, help="Extraction preset"),
+         runs: Path = typer.Option(DemoConfig.runs, help="Where the run folders go")):
     quiet_loaders()
     cfg = DemoConfig(clips=clips, epochs=epochs, model=model, encoders=encoders, runs=runs,
                      cache=f"cache/demo-{clips}-{encoders}")

@@ -1,4 +1,4 @@
-"""Predicting a split with a trained model and scoring it the way the field does."""
+"""Predicting a split with a trained model and scoring it the way the field does; egmf-eval (evaluate_run)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,10 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache.reader import Cache
+from ..weights import pick_device
 from . import plots
 from .batch import TaskSpec
-from .data import BatchStream, SplitData
+from .data import BatchStream, SplitData, load_split
 from .metrics import compute_metrics, expert_gates_by_class, metric_kind
+from .precision import autocast, use_bf16
+from .runfolder import RunFolder
+
+EVAL_BATCH_SIZE = 16  # rows per batch when predicting a split (no gradients: larger than training's)
 
 
 @dataclass
@@ -35,6 +41,14 @@ def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, devic
         gates.append(p.expert_weights.float().cpu().numpy())
         failures += p.parse_failures
     return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), failures, data.rows)
+
+
+def score_split(model, data, task, batch_size: int, device: torch.device, bf16: bool
+                ) -> tuple[SplitPredictions, dict]:
+    """Predict a split and compute its metrics."""
+    with autocast(device, bf16):
+        pred = predict_split(model, data, task, batch_size, device)
+    return pred, split_metrics(pred)
 
 
 def split_metrics(pred: SplitPredictions) -> dict:
@@ -73,3 +87,33 @@ def plot_predictions(pred: SplitPredictions, metrics: dict, folder: Path, split:
                                         folder / f"expert-gates-{stem}.png")]
     return [plots.plot_regression(pred.y_true, pred.y_pred, folder / f"scatter-{stem}.png",
                                   (label.low, label.high))]
+
+
+def evaluate_run(run_dir: str, cache_url: str, split: str, batch_size: int = EVAL_BATCH_SIZE,
+                 device: str = "auto") -> dict:
+    """egmf-eval: the best model of a run on one split of a cache; metrics JSON and plots into the run folder."""
+    run, cache = RunFolder(Path(run_dir)), Cache.open(cache_url)
+    pred, metrics = score_run(run, cache, split, batch_size, device)
+    result = {"cache": cache.url, "fingerprint": cache.fingerprint, "split": split, "task": pred.task.name,
+              "metrics": metrics}
+    run.write_json(f"metrics-{split}.json", result)
+    plot_predictions(pred, metrics, run.plots, split)
+    return result
+
+
+def score_run(run: RunFolder, cache: Cache, split: str, batch_size: int = EVAL_BATCH_SIZE, device: str = "auto"
+              ) -> tuple[SplitPredictions, dict]:
+    """The run's best model on one split of a cache, at the run's precision. What the model reads (modalities,
+    dialogue context) comes from its own model.json."""
+    run.check_features(cache)
+    chosen = pick_device(device)
+    model = run.load_model().to(chosen)
+    task_index = run.task_index(cache)
+    task = model.config.tasks[task_index]
+    data = load_split(cache, split, list(model.config.modality_dims), task, task_index, model.config.context_turns)
+    return score_split(model, data, task, batch_size, chosen, run_bf16(run, chosen))
+
+
+def run_bf16(run: RunFolder, device: torch.device) -> bool:
+    """Whether the run's model computes in bf16 on device: as it was trained (its --precision)."""
+    return use_bf16(run.config["train"].get("precision", "auto"), device)

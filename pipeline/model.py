@@ -2,13 +2,14 @@
 
 forward() gives the training loss (LM loss on the answer tokens + the expert gate's balance loss);
 predict() answers by constrained decoding, so every answer is a valid class name or score string.
-A saved model is its trainable weights only (peft adapter + fusion state dict) and model.json; the
-frozen base LLM is loaded again from the reference that model.json names.
+A saved model is its trainable weights only (peft adapter + fusion state dict) and model.json: the model's
+whole config (every setting that changes what it reads or answers) and the frozen base LLM's reference and
+sha256, from which the LLM is loaded again and checked.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from ..cache.schema import LabelSpec
 from ..fuse import FusionConfig, FusionNetwork
 from ..llm.decoding import AnswerTrie, score_answers
-from ..llm.loading import DEFAULT_LLM, load_causal_lm
+from ..llm.loading import DEFAULT_LLM, llm_sha256, load_causal_lm
 from ..llm.lora import ATTENTION, attach_lora, load_lora
 from ..llm.prompts import Prompter, format_score
 from ..llm.sequences import answer_loss, causal_mask, embed_rows, positions
@@ -26,19 +27,24 @@ from ..llm.sequences import answer_loss, causal_mask, embed_rows, positions
 from .batch import Batch, TaskSpec
 
 CONFIG_FILE, FUSION_FILE, ADAPTER_DIR = "model.json", "fusion.safetensors", "adapter"
+# model.json's format: 2 added the LLM's sha256 and context_turns (format 1, unnumbered, had neither).
+MODEL_FORMAT = 2
 
 
 @dataclass
 class ModelConfig:
     modality_dims: dict[str, int]  # feature size per modality, read from the cache(s)
     tasks: list[TaskSpec]  # what the model answers; Batch.task indexes this list
-    llm: str = DEFAULT_LLM  # hub id, local directory, .gguf file or package:<module>/<file>
+    llm: str = DEFAULT_LLM  # a model reference (egmf.weights): hub id[@revision], path, package:, chunks:, random:
+    llm_sha256: str | None = None  # of the LLM's weights: recorded when the model is built, checked when reloaded
     lora_r: int = 8  # rank of the LoRA updates
     lora_alpha: int = 16  # LoRA scale = alpha / r
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ATTENTION  # add llm.lora.MLP to adapt the feed-forward layers too
     fusion: FusionConfig = field(default_factory=FusionConfig)
     max_text_tokens: int = 64  # transcripts are cut here: prompt length drives the LLM's step time
+    # Dialogue corpora: how many preceding turns the global context expert reads (their pooled features).
+    context_turns: int = 4
     # Dialogue corpora: the most recent earlier transcripts of the dialogue that fit in this many tokens go in
     # the prompt too (0 = none). MELD text-only dev, 2 epochs: weighted F1 59.4 with 48, 57.9 with 0, at 1.5x the
     # step time (README, MELD section).
@@ -53,6 +59,9 @@ class ModelConfig:
             raise ValueError(f"score_readout must be 'mean' or 'argmax', not {self.score_readout!r}")
         if not self.tasks:
             raise ValueError("ModelConfig needs at least one task")
+        for option, value in (("context-turns", self.context_turns), ("history-tokens", self.max_history_tokens)):
+            if value < 0:
+                raise ValueError(f"--{option} {value}: must be at least 0. Fix: pass 0 for no dialogue context")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,8 +69,12 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict, where: str = "model config") -> "ModelConfig":
         d = dict(d)
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{where}: unknown settings {sorted(unknown)}, written by a newer egmf. Fix: upgrade "
+                             f"egmf to read it")
         d["tasks"] = [TaskSpec(t["name"], LabelSpec.from_dict(t["label"])) for t in d["tasks"]]
         d["fusion"] = FusionConfig(**d["fusion"])
         d["lora_targets"] = tuple(d["lora_targets"])
@@ -89,8 +102,13 @@ class EGMF(nn.Module):
     def __init__(self, config: ModelConfig, adapter: Path | None = None):
         """A fresh model, or with adapter: the LoRA weights saved in that directory."""
         super().__init__()
-        self.config = config
         base, self.tokenizer = load_causal_lm(config.llm)
+        sha256 = llm_sha256(config.llm)
+        if config.llm_sha256 not in (None, sha256):
+            raise ValueError(f"LLM {config.llm!r}: its weights here have sha256 {sha256[:16]}..., the model was "
+                             f"trained on {config.llm_sha256[:16]}... Fix: install the LLM weights the model was "
+                             f"trained with (the same package version or hub revision)")
+        self.config = config = replace(config, llm_sha256=sha256)
         table = base.get_input_embeddings().weight  # (V, H)
         self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
                                     out_scale=table.detach().pow(2).mean().sqrt().item())
@@ -163,17 +181,33 @@ class EGMF(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         self.llm.save_pretrained(directory / ADAPTER_DIR)
         save_file({k: v.detach().contiguous() for k, v in self.fusion.state_dict().items()}, directory / FUSION_FILE)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2, ensure_ascii=False))
+        saved = {"format": MODEL_FORMAT, **self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(saved, indent=2, ensure_ascii=False))
         return directory
 
     @classmethod
-    def load(cls, directory) -> "EGMF":
-        """The model saved in directory, with its base LLM loaded from the reference in model.json."""
+    def load(cls, directory, upgrade: dict | None = None) -> "EGMF":
+        """The model saved in directory, with its base LLM loaded from the reference in model.json and checked
+        against its sha256. upgrade: for a model.json of format 1, the settings it did not hold yet (a run
+        folder's training config had context_turns)."""
         directory = Path(directory)
         missing = [n for n in (CONFIG_FILE, FUSION_FILE, ADAPTER_DIR) if not (directory / n).exists()]
         if missing:
             raise FileNotFoundError(f"{directory}: not a saved EGMF model, {missing} missing. Fix: point to a "
                                     f"directory written by EGMF.save (a run folder's model)")
-        model = cls(ModelConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text())), directory / ADAPTER_DIR)
-        model.fusion.load_state_dict(load_file(directory / FUSION_FILE))
+        where = directory / CONFIG_FILE
+        saved = json.loads(where.read_text())
+        version = saved.pop("format", 1)
+        if version > MODEL_FORMAT:
+            raise ValueError(f"{where}: model format {version}, this egmf reads up to {MODEL_FORMAT}. Fix: upgrade "
+                             f"egmf")
+        if version == 1:
+            saved = {**(upgrade or {}), **saved}
+        model = cls(ModelConfig.from_dict(saved, str(where)), directory / ADAPTER_DIR)
+        try:
+            model.fusion.load_state_dict(load_file(directory / FUSION_FILE))
+        except RuntimeError as error:
+            problem = " ".join(str(error).split())[:300].rstrip(". ")  # torch's message spans several lines
+            raise ValueError(f"{directory / FUSION_FILE} does not fit the network model.json describes (a model "
+                             f"saved by an earlier egmf?): {problem}. Fix: train it again") from error
         return model

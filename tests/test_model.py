@@ -1,9 +1,11 @@
 """EGMF end to end on a tiny random LLM: valid answers untrained, overfitting, save/load."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from egmf.cache.schema import LabelSpec
 from egmf.fuse import FusionConfig
@@ -11,6 +13,7 @@ from egmf.llm.prompts import score_strings
 from egmf.llm.tiny import save_tiny_lm
 from egmf.pipeline.batch import Batch, TaskSpec
 from egmf.pipeline.model import EGMF, ModelConfig
+from egmf.weights import resolve, weights_sha256
 
 DIMS = {"audio": 10, "text": 16}
 EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
@@ -125,7 +128,9 @@ def test_saved_model_is_small_and_reloads_to_the_same_predictions(trained, confi
     assert (directory / "adapter" / "adapter_model.safetensors").stat().st_size < base_bytes / 2  # no base weights
 
     reloaded = EGMF.load(directory)
-    assert ModelConfig.from_dict(reloaded.config.to_dict()) == config
+    assert saved["llm_sha256"] == weights_sha256(resolve(config.llm)) and config.llm_sha256 is None
+    assert ModelConfig.from_dict(reloaded.config.to_dict()) == model.config
+    assert model.config == replace(config, llm_sha256=saved["llm_sha256"])
     for batch in (classes, scores):
         before, after = model.predict(batch), reloaded.predict(batch)
         assert after.answers == before.answers
@@ -133,6 +138,22 @@ def test_saved_model_is_small_and_reloads_to_the_same_predictions(trained, confi
         torch.testing.assert_close(after.expert_weights, before.expert_weights)
     with pytest.raises(FileNotFoundError, match="EGMF.save"):
         EGMF.load(tmp_path)
+
+
+def test_a_saved_model_refuses_other_llm_weights_and_weights_it_does_not_fit(trained, tmp_path):
+    directory = trained[0].save(tmp_path / "model")
+    saved = json.loads((directory / "model.json").read_text())
+    (directory / "model.json").write_text(json.dumps({**saved, "llm_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="trained on 0000000000000000.*Fix: install the LLM weights"):
+        EGMF.load(directory)
+    (directory / "model.json").write_text(json.dumps({**saved, "format": 3}))
+    with pytest.raises(ValueError, match="model format 3, this egmf reads up to 2. Fix: upgrade"):
+        EGMF.load(directory)
+    (directory / "model.json").write_text(json.dumps(saved))
+    fusion = load_file(directory / "fusion.safetensors")
+    save_file({**fusion, "experts.9.norm.weight": torch.ones(3)}, directory / "fusion.safetensors")
+    with pytest.raises(ValueError, match=r"fusion.safetensors does not fit.*experts\.9\.norm.*Fix: train it again"):
+        EGMF.load(directory)
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ import synthetic_cache as sc
 from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
-from egmf.pipeline.train import TrainConfig, Trainer, evaluate_run
+from egmf.pipeline.evaluate import evaluate_run
+from egmf.pipeline.train import TrainConfig, Trainer
 
 runner = CliRunner()
 
@@ -170,7 +171,7 @@ def test_transcripts_and_earlier_turns_reach_the_prompt_only_with_the_text_modal
 # --- devices, options, caches that do not fit together -------------------------------------------------------------
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
-    from egmf.pipeline.train import pick_device
+    from egmf.weights import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     torchrun = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}  # second process of the second machine
     assert pick_device("auto", torchrun) == torch.device("cuda", 1)
@@ -181,6 +182,8 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     assert pick_device("auto") == torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto", torchrun) == torch.device("cpu")
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU. Fix: use --device cpu or auto"):
+        pick_device("cuda")
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -294,10 +297,10 @@ def test_every_process_gets_as_many_batches_even_with_fewer_batches_than_process
 
 
 def test_eval_uses_the_runs_precision(class_cache, tmp_path, monkeypatch):
-    from egmf.pipeline import train
+    from egmf.pipeline import evaluate
     _train(class_cache, tmp_path / "run", epochs=1, precision="fp32")
     asked = []
-    monkeypatch.setattr(train, "use_bf16", lambda precision, device: asked.append(precision) or False)
+    monkeypatch.setattr(evaluate, "use_bf16", lambda precision, device: asked.append(precision) or False)
     evaluate_run(str(tmp_path / "run"), str(class_cache), "test")
     assert asked == ["fp32"]
 
@@ -326,3 +329,76 @@ def test_pooled_context_is_computed_once_and_only_for_splits_with_context(class_
     turn = dialogue.context[row, -1]
     assert batches[0].context_mask[row, -1] and expected[turn].any()
     np.testing.assert_allclose(batches[0].context["text"][row, -1].numpy(), expected[turn], rtol=1e-6)
+
+
+# --- the model folder describes the model ----------------------------------------------------------------------------
+
+def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class_cache, tmp_path, monkeypatch):
+    from egmf.llm.loading import llm_sha256
+    from egmf.pipeline import evaluate
+
+    run = tmp_path / "run"
+    r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(run), "--preset", "tiny", "--epochs", "1",
+                                  "--context-turns", "1", "--lora-r", "4"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "model" / "model.json").read_text())
+    assert saved["format"] == 2 and saved["llm"] == "random:llama-tiny"  # a reference, no machine's path
+    assert saved["llm_sha256"] == llm_sha256("random:llama-tiny")
+    assert saved["context_turns"] == 1 and saved["max_history_tokens"] == 48
+    assert (saved["lora_r"], saved["lora_alpha"]) == (4, 16)  # --lora-r leaves the preset's alpha alone
+    asked = []
+    real = evaluate.load_split
+    monkeypatch.setattr(evaluate, "load_split", lambda *a: asked.append(a[2:]) or real(*a))
+    evaluate_run(str(run), str(class_cache), "dev")
+    assert asked == [(["audio", "visual", "text"], asked[0][1], 0, 1)]  # modalities and context from model.json
+
+
+def test_an_old_run_folder_loads_with_its_training_configs_context_turns(class_cache, tmp_path):
+    run = tmp_path / "run"
+    _train(class_cache, run, epochs=1)
+    model_json, config_json = run / "model" / "model.json", run / "config.json"
+    saved = json.loads(model_json.read_text())
+    for key in ("format", "llm_sha256", "context_turns"):  # what an egmf 0.1 model.json lacked
+        del saved[key]
+    model_json.write_text(json.dumps(saved))
+    config = json.loads(config_json.read_text())
+    config["train"]["context_turns"] = 2
+    config_json.write_text(json.dumps(config))
+    from egmf.pipeline.runfolder import RunFolder
+    model = RunFolder(run).load_model()
+    assert model.config.context_turns == 2 and len(model.config.llm_sha256) == 64
+
+
+def test_model_presets_are_json_data_and_bad_ones_name_their_file(tmp_path):
+    from egmf.pipeline.batch import TaskSpec
+    from egmf.pipeline.presets import available, model_config
+    task = TaskSpec("synthetic/emotion", sc.spec().label("emotion"))
+    assert available() == ["hub", "offline", "tiny"]
+    tiny = model_config("tiny", {"text": 8}, [task], lora_alpha=8, fusion={"n_tokens": 3})
+    assert (tiny.llm, tiny.lora_alpha, tiny.fusion.d_model, tiny.fusion.n_tokens) == ("random:llama-tiny", 8, 32, 3)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"model": {"llm": "random:llama-tiny", "lora_rank": 4}}))
+    with pytest.raises(ValueError, match=r"mine\.json: unknown settings \['lora_rank'\]"):
+        model_config(str(mine), {"text": 8}, [task])
+    with pytest.raises(FileNotFoundError, match="no model preset 'huge'"):
+        model_config("huge", {"text": 8}, [task])
+
+
+def test_predicting_a_clip_answers_as_eval_does_on_its_cached_row(tmp_path):
+    from egmf.extract.run import ExtractConfig, extract
+    from egmf.pipeline.evaluate import score_run
+    from egmf.pipeline.predict import predict_clip
+    from egmf.pipeline.runfolder import RunFolder
+
+    cache = tmp_path / "demo"
+    extract(ExtractConfig("demo", tmp_path / "data", str(cache), preset="tiny", rows_per_shard=8, progress=False,
+                          dataset_options={"n_clips": 21, "progress": False}))
+    _train(cache, tmp_path / "run", epochs=1, precision="fp32")  # bf16 rounding could flip near ties
+    opened = Cache.open(cache)
+    pred, _ = score_run(RunFolder(tmp_path / "run"), opened, "test")
+    for k, row in enumerate(pred.rows[:3]):
+        clip = tmp_path / "data" / "clips" / f"{opened.meta['id'][row]}.mp4"
+        one = predict_clip(tmp_path / "run", clip, opened.meta["text"][row], opened.meta["language"][row])
+        assert one["answer"] == pred.answers[k]
+        # the cache's float16 features are those of a batch, the clip's its own: equal to float rounding
+        np.testing.assert_allclose(list(one["expert_weights"].values()), pred.gates[k], atol=1e-4)

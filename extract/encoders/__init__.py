@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...cache.schema import MODALITIES, EncoderSpec
+from ...weights import pick_device
 
 # family (= module in this package) -> its encoder class
 FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",
@@ -36,7 +37,7 @@ class EncoderConfig:
 
     modality: str  # "audio" | "visual" | "text"
     family: str  # a key of FAMILIES
-    model: str  # model reference (egmf.extract.models): hub id, directory, "package:...", "random:..."
+    model: str  # model reference (egmf.weights): hub id, path, "package:...", "chunks:...", "random:..."
     max_steps: int  # T: longer feature sequences are pooled down to this many steps
     params: dict = field(default_factory=dict)  # family options, all recorded in the EncoderSpec
     why: str = ""  # why the preset chose this model (documentation only)
@@ -59,15 +60,7 @@ class Encoder(Protocol):
 def build_encoder(config: EncoderConfig, device: str = "auto") -> Encoder:
     """Load the model that config names (hub, local or random) onto device ("cpu", "cuda" or "auto")."""
     module = importlib.import_module(f"{__name__}.{config.family}")
-    return getattr(module, FAMILIES[config.family])(config, resolve_device(device))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(device)
+    return getattr(module, FAMILIES[config.family])(config, pick_device(device))
 
 
 def autocast(device: torch.device):

@@ -11,15 +11,17 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from . import EncoderConfig, autocast, encode_present, make_spec
-from ..models import resolve, weights_identity
+from ...weights import weights_identity
+from ..random_models import encoder_source
 
 
 class TextEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = resolve(config.model)
+        source = encoder_source(config.model)
+        location, options = source.directory(config.model), source.load_options
         self.config, self.device = config, device
-        self.tokenizer = AutoTokenizer.from_pretrained(source.location)
-        self.model = AutoModel.from_pretrained(source.location).eval().to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        self.model = AutoModel.from_pretrained(location, **options).eval().to(device)
         limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
         self.max_tokens = min(n for n in limits if n)
         self.spec = make_spec(config, weights_identity(source), self.model.config.hidden_size,

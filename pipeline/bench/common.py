@@ -117,13 +117,13 @@ class Workspace:
 
     def demo(self, n_clips: int):
         """(root, corpus) of the demo corpus with n_clips clips, generated on first use."""
-        from ...extract.datasets import demo
+        from ...extract.api import get
 
         root = self.root / f"demo-{n_clips}"
-        return root, demo.load(root, n_clips=n_clips, seed=self.seed, progress=self.progress)
+        return root, get("demo").load(root, n_clips=n_clips, seed=self.seed, progress=self.progress)
 
     def extract_config(self, n_clips: int, out: Path, limit: int | None = None):
-        from ...extract.run import ExtractConfig
+        from ...extract.api import ExtractConfig
 
         return ExtractConfig("demo", self.root / f"demo-{n_clips}", str(out), preset=self.sizes.encoders,
                              limit=limit, progress=False,
@@ -131,14 +131,12 @@ class Workspace:
 
     def encoders(self, corpus) -> dict:
         """The preset's encoders, loaded once per process and shared with egmf-extract's own runs."""
-        from ...extract.presets import load_preset
-        from ...extract.run import cached_encoder, main_language
+        from ...extract.api import main_language, preset_encoders
 
-        configs = load_preset(self.sizes.encoders).encoders(main_language(corpus))
-        return {m: cached_encoder(c, "auto") for m, c in configs.items()}
+        return preset_encoders(self.sizes.encoders, main_language(corpus))
 
     def demo_cache(self) -> str:
-        from ...extract.run import extract
+        from ...extract.api import extract
 
         url = self.root / "demo-cache"
         if not url.exists():

@@ -16,7 +16,7 @@ from .common import MB, Workspace, check, in_subprocess, peak_rss, result, timed
 def naive_extract(utts: list, encoders: dict, out: Path) -> dict:
     """The loop of per-clip toolkits: decode one clip, run each encoder on it alone, save one file per clip.
     Returns the seconds per clip of each stage."""
-    from ...extract.run import encode_block, submit_decodes
+    from ...extract.api import encode_block, submit_decodes
 
     out.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(("decode", *encoders, "save"), 0.0)
@@ -38,7 +38,7 @@ def naive_extract(utts: list, encoders: dict, out: Path) -> dict:
 
 def batched_encoding(utts: list, encoders: dict, batch_size: int) -> dict:
     """Seconds per clip of each encoder run in batches as egmf-extract runs them (clips decoded beforehand)."""
-    from ...extract.run import ExtractConfig, encode_block, submit_decodes
+    from ...extract.api import ExtractConfig, encode_block, submit_decodes
 
     with ThreadPoolExecutor(ExtractConfig.decode_threads) as pool:
         clips = [d.result() if d is not None else None for d in submit_decodes(pool, utts, encoders)]
@@ -61,7 +61,7 @@ def bench_extraction_speed(ws: Workspace) -> dict:
     """3: egmf-extract against the naive per-clip loop: same encoders, same clips, same torch threads."""
     import torch
 
-    from ...extract.run import extract, threads_per_worker
+    from ...extract.api import extract, threads_per_worker
 
     s = ws.sizes
     big = max(s.memory_clips)
@@ -103,7 +103,7 @@ def bench_extraction_speed(ws: Workspace) -> dict:
 
 def extract_probe(cfg) -> dict:
     """Run in a fresh process: one egmf-extract run; its time and the process's peak resident memory."""
-    from ...extract.run import extract
+    from ...extract.api import extract
 
     summary = extract(cfg)
     return {"clips": summary.extracted, "seconds": summary.seconds, "peak_rss": peak_rss()}

@@ -77,7 +77,7 @@ def media_batches(utts: list, encoders: dict, task, batch_size: int, context_tur
     """Batches made the way a pipeline without a cache makes them: every clip of every batch decoded (a thread
     pool, as egmf-extract decodes) and run through the encoders (batched), then padded and collated like the
     cache's rows. timings accumulates seconds per stage: decode and each modality."""
-    from ...extract.run import ExtractConfig, encode_block, submit_decodes
+    from ...extract.api import ExtractConfig, encode_block, submit_decodes
     from ..data import SplitData, collate
 
     with ThreadPoolExecutor(ExtractConfig.decode_threads) as pool:
@@ -102,11 +102,11 @@ def media_batches(utts: list, encoders: dict, task, batch_size: int, context_tur
 def bench_cache_vs_media(ws: Workspace) -> dict:
     """1: one training epoch on the demo corpus reading the cache, against the same epoch from raw media."""
     from ...cache.schema import features_fingerprint
-    from ...extract.datasets.demo import DemoConfig
+    from ...extract.api import DemoConfig
     from ..data import BatchStream
-    from ..train import TrainConfig
+    from ..model import ModelConfig
 
-    s, context, clip = ws.sizes, TrainConfig.context_turns, DemoConfig()
+    s, context, clip = ws.sizes, ModelConfig.context_turns, DemoConfig()
     url = ws.demo_cache()
     _, corpus = ws.demo(s.demo_clips)
     encoders = ws.encoders(corpus)
@@ -159,12 +159,13 @@ def bench_cache_vs_media(ws: Workspace) -> dict:
 def bench_input_pipeline(ws: Workspace) -> dict:
     """5: the share of training step time spent waiting for data, and whether the Trainer's own number says so."""
     from ..data import BatchStream
+    from ..model import ModelConfig
     from ..train import TrainConfig, Trainer
 
     s = ws.sizes
     url = ws.demo_cache()
     ws.say("5: an epoch timing every wait for a batch")
-    cache, task, data = load_train_split(url, TrainConfig.context_turns)
+    cache, task, data = load_train_split(url, ModelConfig.context_turns)
     stream = BatchStream([data], s.batch_size, shuffle=True, seed=ws.seed)
     train_epochs({"warm-up": (fresh_model(cache, task, s.model, ws.seed), [next(iter(stream))])})
     epoch = train_epochs({"cache": (fresh_model(cache, task, s.model, ws.seed), stream)})["cache"]
