@@ -102,6 +102,7 @@ def predict(
     except (CacheError, FileNotFoundError, OSError, ValueError) as e:
         _fail(e)
     gates = ", ".join(f"{k} {v:.2f}" for k, v in answer["expert_weights"].items())
-    typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates})")
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in answer["modality_weights"].items())
+    typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates}; modality weights: {shares})")
     for m, reason in answer["missing"].items():
         typer.echo(f"note: {m} missing ({reason})")

@@ -20,6 +20,8 @@ class SplitPredictions:
     y_pred: list
     answers: list[str]  # the generated text of each answer
     gates: np.ndarray  # (N, 3) expert-gate weights
+    modality_weights: np.ndarray  # (N, M) each modality's share in the pseudo tokens, in `modalities` order
+    modalities: list[str]
     parse_failures: int
     rows: np.ndarray  # (N,) cache rows
 
@@ -27,14 +29,16 @@ class SplitPredictions:
 @torch.no_grad()
 def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, device="cpu") -> SplitPredictions:
     model.eval()
-    y_pred, answers, gates, failures = [], [], [], 0
+    y_pred, answers, gates, shares, failures = [], [], [], [], 0
     for batch in BatchStream([data], batch_size, shuffle=False):
         p = model.predict(batch.to(device))
         y_pred += list(p.values)
         answers += list(p.answers)
         gates.append(p.expert_weights.float().cpu().numpy())
+        shares.append(p.modality_weights.float().cpu().numpy())
         failures += p.parse_failures
-    return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), failures, data.rows)
+    return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), np.concatenate(shares),
+                            list(data.features), failures, data.rows)
 
 
 def split_metrics(pred: SplitPredictions) -> dict:
@@ -44,6 +48,8 @@ def split_metrics(pred: SplitPredictions) -> dict:
     m["parse_failure_rate"] = pred.parse_failures / max(1, len(pred.y_true))
     if label.kind == "class":
         m["expert_gates_by_class"] = expert_gates_by_class(pred.gates, np.asarray(pred.y_true), label.classes)
+        m["modality_weights_by_class"] = expert_gates_by_class(pred.modality_weights, np.asarray(pred.y_true),
+                                                               label.classes, pred.modalities)
     return m
 
 
@@ -70,6 +76,9 @@ def plot_predictions(pred: SplitPredictions, metrics: dict, folder: Path, split:
         return [plots.plot_confusion_matrix(metrics["Confusion_matrix"], label.classes,
                                             folder / f"confusion-{stem}.png", title=f"{pred.task.name} {split}"),
                 plots.plot_expert_gates(pred.gates, np.asarray(pred.y_true), label.classes,
-                                        folder / f"expert-gates-{stem}.png")]
+                                        folder / f"expert-gates-{stem}.png"),
+                plots.plot_expert_gates(pred.modality_weights, np.asarray(pred.y_true), label.classes,
+                                        folder / f"modality-weights-{stem}.png", pred.modalities,
+                                        title="modality weights per true class")]
     return [plots.plot_regression(pred.y_true, pred.y_pred, folder / f"scatter-{stem}.png",
                                   (label.low, label.high))]

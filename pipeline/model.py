@@ -82,6 +82,7 @@ class Prediction:
     answers: list[str]  # what the LLM answered: a class name or a one-decimal score
     values: list  # class index (int) or score (float) per row
     expert_weights: torch.Tensor  # (B, 3)
+    modality_weights: torch.Tensor  # (B, M): each modality's share in the pseudo tokens
     parse_failures: int  # answers that are not a valid label or in-range number (0 by construction)
 
 
@@ -143,7 +144,7 @@ class EGMF(nn.Module):
             answers.append(answer)
             values.append(value)
         self.train(was_training)
-        return Prediction(answers, values, fused.expert_weights, failures)
+        return Prediction(answers, values, fused.expert_weights, fused.modality_weights, failures)
 
     def _read(self, task: int, scores: torch.Tensor) -> tuple[str, int | float]:
         """Answer and value from the log-likelihoods (C,) of a task's answers."""

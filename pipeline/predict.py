@@ -63,4 +63,5 @@ def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, d
                   torch.tensor([task]), [None], torch.tensor([-1])).to(dev)
     p = model.predict(batch)
     return {"task": model.config.tasks[task].name, "answer": p.answers[0], "value": p.values[0],
-            "expert_weights": dict(zip(EXPERTS, p.expert_weights[0].tolist())), "missing": missing}
+            "expert_weights": dict(zip(EXPERTS, p.expert_weights[0].tolist())),
+            "modality_weights": dict(zip(model.fusion.modalities, p.modality_weights[0].tolist())), "missing": missing}

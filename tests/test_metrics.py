@@ -127,7 +127,7 @@ def test_scores_on_another_scale_get_mae_and_corr():
     # A folder corpus rated 1 to 5: no MMSA convention; a dev evaluation must still score it (it used to raise).
     task = TaskSpec("folder/sentiment", LabelSpec("sentiment", "score", low=1.0, high=5.0))
     pred = SplitPredictions(task, [1.0, 2.0, 4.0, 5.0], [1.5, 2.0, 3.0, 5.0], ["1.5", "2.0", "3.0", "5.0"],
-                            np.full((4, 3), 1 / 3), 0, np.arange(4))
+                            np.full((4, 3), 1 / 3), np.ones((4, 1)), ["audio"], 0, np.arange(4))
     m = split_metrics(pred)
     assert m["N"] == 4 and m["MAE"] == pytest.approx(1.5 / 4) and m["parse_failure_rate"] == 0
     assert m["Corr"] == pytest.approx(float(np.corrcoef([1.5, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 5.0])[0, 1]))
