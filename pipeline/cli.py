@@ -106,3 +106,29 @@ def predict(
     typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates}; modality weights: {shares})")
     for m, reason in answer["missing"].items():
         typer.echo(f"note: {m} missing ({reason})")
+
+
+probe_app = typer.Typer(add_completion=False)
+
+
+@probe_app.command(help="The linear-probe baseline of a cache: logistic regression (classes) or ridge regression "
+                        "(scores) on each utterance's pooled features (mean + std over its steps), fitted on train "
+                        "and scored on dev (and test with --test) with egmf-eval's metrics, per modality and all "
+                        "together. What a trained model should beat.")
+def probe(
+    store: str = typer.Argument(..., help="Feature cache path or URL"),
+    modalities: str = typer.Option(None, help="Comma-separated subset (default: every modality of the cache)"),
+    test: bool = typer.Option(False, "--test", help="Also score the test split"),
+    out: Path = typer.Option(None, help="Write the metrics JSON here (default: probe-<cache name>.json)"),
+):
+    from .probe import probe_cache, probe_table
+
+    try:
+        result = probe_cache(store, modalities.split(",") if modalities else None, ("dev", "test") if test else ("dev",))
+    except (CacheError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    out = out or Path(f"probe-{Path(store.rstrip('/')).name}.json")
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    typer.echo(f"{result['task']} ({result['cache']}): {result['model']}, {result['train_rows']} train rows")
+    typer.echo(probe_table(result))
+    typer.echo(f"metrics: {out}")

@@ -292,8 +292,8 @@ def test_pooled_context_is_computed_once_and_only_for_splits_with_context(class_
     from egmf.pipeline import data as data_module
     from egmf.pipeline.data import BatchStream, load_split, task_of
     cache = Cache.open(class_cache)
-    calls, mean_steps = [], data_module._mean_steps
-    monkeypatch.setattr(data_module, "_mean_steps", lambda x, lengths: calls.append(1) or mean_steps(x, lengths))
+    calls, pool_steps = [], data_module.pool_steps
+    monkeypatch.setattr(data_module, "pool_steps", lambda x, lengths: calls.append(1) or pool_steps(x, lengths))
     plain = load_split(cache, "dev", ["audio", "text"], task_of(cache), 0, context_turns=0)
     batch = next(iter(BatchStream([plain], 4, shuffle=False)))
     assert batch.context["audio"].shape == (4, 0, 4) and not calls  # no context wanted: nothing pooled
