@@ -38,6 +38,9 @@ def train(
     max_steps: int = typer.Option(None, help="Stop after this many optimiser steps (default: no limit)"),
     modalities: str = typer.Option(None, help="Comma-separated subset, e.g. text or audio,visual"),
     lr: float = typer.Option(1e-3, help="Learning rate of the fusion and the LoRA weights"),
+    fusion_lr: float = typer.Option(None, help="The fusion's own learning rate (default: --lr)"),
+    head_weight: float = typer.Option(None, help="Weight of the auxiliary head's loss on the pseudo tokens, "
+                                                 "0 = no head (default: the preset's)"),
     lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's)"),
     history_tokens: int = typer.Option(None, help="Dialogue corpora: token budget for the earlier turns' "
                                                   "transcripts in the prompt, 0 = none (default: 48)"),
@@ -57,8 +60,9 @@ def train(
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
                           batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
-                          device=device, precision=precision,
-                          overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
+                          device=device, precision=precision, fusion_lr=fusion_lr,
+                          overrides={k: v for k, v in (("max_history_tokens", history_tokens),
+                                                       ("head_weight", head_weight)) if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except (ConfigError, CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
         _fail(e)

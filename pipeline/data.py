@@ -68,8 +68,23 @@ def pool_steps(x: np.ndarray, lengths: np.ndarray, with_std: bool = False, rows:
     return out
 
 
+def check_extracted(cache: Cache, split: str) -> None:
+    """Refuse a split with rows not extracted yet: training or scoring the done rows alone would silently report
+    a number for a subset (an interrupted extraction marks rows done shard by shard)."""
+    missing = np.flatnonzero((cache.meta["split"] == split) & ~cache.done)
+    if len(missing):
+        ids = ", ".join(cache.meta["id"][missing[:5]].tolist()) + (", ..." if len(missing) > 5 else "")
+        modalities = ",".join(cache.modalities)
+        raise CacheError(
+            f"{cache.url}: {len(missing)} of {int((cache.meta['split'] == split).sum())} rows of split '{split}' are "
+            f"not extracted yet (rows {missing[0]}..{missing[-1]}: {ids}). Fix: finish the extraction by running "
+            f"its command again, e.g. `egmf-extract --dataset {cache.dataset.name} --root <corpus folder> "
+            f"--modalities {modalities} --out {cache.url}` with the same preset; it writes only the missing rows")
+
+
 def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
                context_turns: int = 0) -> SplitData:
+    check_extracted(cache, split)
     rows = cache.rows(split)
     label = cache.labels[task.label.name][rows]
     keep = label >= 0 if task.is_classification else ~np.isnan(label)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 
 from ..cache.schema import LabelSpec
@@ -47,6 +48,10 @@ class ModelConfig:
     # Measured on synthetic MOSEI-range data (tiny LM, 3 seeds, held-out MAE after 300 steps): mean 0.40,
     # median 0.41, argmax 0.44, masked greedy 0.44. The mean wins and gives continuous values for Corr.
     score_readout: str = "mean"
+    # Weight of an auxiliary head's loss (a linear classifier, or regressor, on the mean pseudo token) added to the
+    # LM loss; 0 = none. It gives the fusion a direct gradient from the label while the LLM still learns to read
+    # the tokens and generates the answer; the head is used in training only and not saved with the model.
+    head_weight: float = 0.0
 
     def __post_init__(self):
         if self.score_readout not in ("mean", "argmax"):
@@ -73,6 +78,7 @@ class ModelOutput:
     loss: torch.Tensor  # (): what the optimiser minimises
     lm_loss: torch.Tensor  # (): cross-entropy of the answer tokens
     aux_loss: torch.Tensor  # (): weighted load-balance loss of the expert gate
+    head_loss: torch.Tensor  # (): the auxiliary head's loss, unweighted (0 without a head)
     expert_weights: torch.Tensor  # (B, 3) in fuse.EXPERTS order
     modality_gates: torch.Tensor  # (B, 3, M)
 
@@ -95,6 +101,9 @@ class EGMF(nn.Module):
         table = base.get_input_embeddings().weight  # (V, H)
         self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
                                     out_scale=table.detach().pow(2).mean().sqrt().item())
+        # Registered before the LLM: the trainer's parameter groups (fusion side, then LoRA) keep the model's order.
+        self.heads = (nn.ModuleList([nn.Linear(table.shape[1], len(t.label.classes) if t.is_classification else 1)
+                                     for t in config.tasks]) if config.head_weight > 0 else None)
         self.llm = (load_lora(base, adapter) if adapter is not None else
                     attach_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets))
         self.prompter = Prompter(self.tokenizer, [t.label for t in config.tasks], config.fusion.n_tokens,
@@ -120,8 +129,27 @@ class EGMF(nn.Module):
         logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
                           logits_to_keep=max(map(len, answers)) + 1, use_cache=False).logits  # (B, A + 1, V)
         lm_loss = answer_loss(logits, answers)
-        return ModelOutput(lm_loss + fused.aux_loss, lm_loss, fused.aux_loss, fused.expert_weights,
-                           fused.modality_gates)
+        head_loss = self._head_loss(fused.tokens, batch)
+        return ModelOutput(lm_loss + fused.aux_loss + self.config.head_weight * head_loss, lm_loss, fused.aux_loss,
+                           head_loss, fused.expert_weights, fused.modality_gates)
+
+    def _head_loss(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean over rows of the auxiliary head's cross-entropy (classes) or squared error in half-ranges (scores)."""
+        if self.heads is None:
+            return tokens.new_zeros(())
+        pooled = tokens.float().mean(1)  # (B, H)
+        losses = []
+        for t in batch.task.unique().tolist():
+            rows = (batch.task == t).nonzero().squeeze(1).tolist()
+            out, label = self.heads[t](pooled[rows]), self.config.tasks[t].label
+            if label.kind == "class":
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device)
+                losses.append(F.cross_entropy(out, target, reduction="sum"))
+            else:
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device, dtype=out.dtype)
+                half = (label.high - label.low) / 2
+                losses.append((((out.squeeze(1) - target) / half) ** 2).sum())
+        return torch.stack(losses).sum() / len(batch.targets)
 
     def _trie(self, task: int, language: str) -> AnswerTrie:
         key = (task, language)
