@@ -1,7 +1,7 @@
 """Predicting a split with a trained model and scoring it the way the field does."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 from . import plots
 from .batch import TaskSpec
 from .data import BatchStream, SplitData
-from .metrics import compute_metrics, expert_gates_by_class, metric_kind
+from .metrics import compute_metrics, expert_gates_by_class, metric_kind, scalar_metrics
 
 
 @dataclass
@@ -24,12 +24,14 @@ class SplitPredictions:
     modalities: list[str]
     parse_failures: int
     rows: np.ndarray  # (N,) cache rows
+    free_answers: list = field(default_factory=list)  # per row: the answer free greedy generation spells, or None
+    readings: dict[str, list[float]] = field(default_factory=dict)  # scores: values under every readout
 
 
 @torch.no_grad()
 def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, device="cpu") -> SplitPredictions:
     model.eval()
-    y_pred, answers, gates, shares, failures = [], [], [], [], 0
+    y_pred, answers, gates, shares, failures, free, readings = [], [], [], [], 0, [], {}
     for batch in BatchStream([data], batch_size, shuffle=False):
         p = model.predict(batch.to(device))
         y_pred += list(p.values)
@@ -37,8 +39,11 @@ def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, devic
         gates.append(p.expert_weights.float().cpu().numpy())
         shares.append(p.modality_weights.float().cpu().numpy())
         failures += p.parse_failures
+        free += p.free_answers
+        for name, values in p.readings.items():
+            readings.setdefault(name, []).extend(values)
     return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), np.concatenate(shares),
-                            list(data.features), failures, data.rows)
+                            list(data.features), failures, data.rows, free, readings)
 
 
 def split_metrics(pred: SplitPredictions) -> dict:
@@ -46,6 +51,13 @@ def split_metrics(pred: SplitPredictions) -> dict:
     m = compute_metrics(metric_kind(label), pred.y_true, pred.y_pred, class_names=label.classes or None,
                         score_range=(label.low, label.high))
     m["parse_failure_rate"] = pred.parse_failures / max(1, len(pred.y_true))
+    if pred.free_answers:  # has the LLM learned the answer format itself? (the constrained answer always is one)
+        m["free_valid_rate"] = sum(a is not None for a in pred.free_answers) / len(pred.free_answers)
+    for readout, values in pred.readings.items():  # the score under every readout; the answer is one of them
+        for key, value in scalar_metrics(compute_metrics(metric_kind(label), pred.y_true, values,
+                                                         score_range=(label.low, label.high))).items():
+            if key != "N":
+                m[f"{readout}_{key}"] = value
     if label.kind == "class":
         m["expert_gates_by_class"] = expert_gates_by_class(pred.gates, np.asarray(pred.y_true), label.classes)
         m["modality_weights_by_class"] = expert_gates_by_class(pred.modality_weights, np.asarray(pred.y_true),
