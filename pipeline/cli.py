@@ -128,7 +128,8 @@ def probe(
     from .probe import probe_cache, probe_table
 
     try:
-        result = probe_cache(store, modalities.split(",") if modalities else None, ("dev", "test") if test else ("dev",))
+        splits = ("dev", "test") if test else ("dev",)
+        result = probe_cache(store, modalities.split(",") if modalities else None, splits)
     except (CacheError, FileNotFoundError, OSError) as e:
         _fail(e)
     out = out or Path(f"probe-{Path(store.rstrip('/')).name}.json")
