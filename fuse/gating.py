@@ -3,6 +3,11 @@
 A modality gate weighs the modalities a row actually has (a missing one gets weight 0); the expert gate
 weighs the three experts per row from the pooled utterance, its dialogue context and the task. Both
 return their weights so runs can log and plot them.
+
+A gate that only rescales tokens is undone by the next LayerNorm, which removes any positive scale. So
+modality weights act where modalities compete and no norm follows: as log-weights added to attention
+scores (modality_bias), as the size of a cross-modal message, and as mixing weights between experts. A
+weight of 0 masks the modality out entirely.
 """
 from __future__ import annotations
 
@@ -29,11 +34,27 @@ class ModalityGate(nn.Module):
         """pooled (B, M, d), present (B, M) bool -> weights (B, M) summing to 1 over present modalities."""
         return masked_softmax(self.score(pooled).squeeze(-1), present)
 
-    @staticmethod
-    def apply(tokens: list[torch.Tensor], weights: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
-        """Scale modality m's (B, T_m, d) tokens by weights[:, m] * (number present): uniform weights = identity."""
-        scale = weights * present.sum(-1, keepdim=True).to(weights.dtype)  # (B, M)
-        return [t * scale[:, i, None, None] for i, t in enumerate(tokens)]
+
+def relative_weights(weights: torch.Tensor) -> torch.Tensor:
+    """(B, M) weights summing to 1 over the present modalities -> weights * (number present): uniform = all 1."""
+    return weights * (weights > 0).sum(-1, keepdim=True).to(weights.dtype)
+
+
+def token_modality(lengths: list[int], device=None) -> torch.Tensor:
+    """(sum of lengths,) long: the modality index of each token when M sequences are concatenated."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+
+
+def modality_bias(weights: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention key bias for tokens of several modalities.
+
+    weights (B, M) modality weights, modality (S,) long the modality of each key, mask (B, S) -> key_mask (B, S)
+    with the keys of a 0-weight modality removed, and key_bias (B, S) = log(relative weight): uniform weights
+    add nothing, a modality with twice the weight of another counts as twice as many keys.
+    """
+    relative = relative_weights(weights)[:, modality]  # (B, S)
+    return mask & (relative > 0), relative.clamp(min=torch.finfo(relative.dtype).tiny).log()
 
 
 class ExpertGate(nn.Module):

@@ -38,18 +38,23 @@ class MaskedAttention(nn.Module):
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """queries (B, Q, D), keys (B, S, D), key_mask (B, S)."""
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """queries (B, Q, D), keys (B, S, D), key_mask (B, S); key_bias (B, S): finite log-weights added to every
+        query's attention scores, so that a gate can turn some keys up or down (a weight of 0 belongs in key_mask)."""
         B, Q, D = queries.shape
         allowed = key_mask.unsqueeze(1).expand(B, Q, keys.shape[1])  # (B, Q, S)
         has_key = allowed.any(-1, keepdim=True)  # (B, Q, 1)
         # A query without keys would softmax over nothing (NaN): let it see everything, then zero its output.
-        allowed = allowed | ~has_key
+        allowed = (allowed | ~has_key).unsqueeze(1)  # (B, 1, Q, S)
         split = lambda t: t.view(B, t.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, h, T, d)
+        q = split(self.query(queries))
         k, v = self.key_value(keys).chunk(2, dim=-1)
+        if key_bias is not None:
+            bias = key_bias[:, None, None, :].to(q.dtype)  # (B, 1, 1, S)
+            allowed = bias.masked_fill(~allowed, float("-inf"))  # (B, 1, Q, S) additive mask
         attended = F.scaled_dot_product_attention(
-            split(self.query(queries)), split(k), split(v), attn_mask=allowed.unsqueeze(1),
-            dropout_p=self.dropout if self.training else 0.0)  # (B, h, Q, d)
+            q, split(k), split(v), attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)  # (B, h, Q, d)
         return self.out(attended.transpose(1, 2).reshape(B, Q, D)) * has_key  # (B, Q, D)
 
 

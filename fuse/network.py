@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import FusionConfig
 from .experts import ContextExpert, CorrelationExpert, LocalExpert
-from .gating import ExpertGate, balance_loss
+from .gating import ExpertGate, balance_loss, modality_bias, token_modality
 from .layers import FeedForward, MaskedAttention, masked_mean
 from .projection import ModalityProjection
 
@@ -24,6 +24,7 @@ class FusionOutput:
     tokens: torch.Tensor  # (B, K, H): pseudo tokens for the LLM's inputs_embeds
     expert_weights: torch.Tensor  # (B, 3): the expert gate, in EXPERTS order
     modality_gates: torch.Tensor  # (B, 3, M): each expert's modality gate (0 for a missing modality)
+    modality_weights: torch.Tensor  # (B, M): the share of each modality in the pseudo tokens, sum_e expert_e * gate_e
     aux_loss: torch.Tensor  # (): load-balance loss of the expert gate, already weighted by balance_weight
 
 
@@ -41,10 +42,11 @@ class TokenPooler(nn.Module):
         self.out_norm = nn.LayerNorm(out_dim)
         nn.init.constant_(self.out_norm.weight, out_scale)
 
-    def forward(self, fused: torch.Tensor, mask: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """fused (B, N, d), mask (B, N), task (B, d) -> (B, K, H)."""
+    def forward(self, fused: torch.Tensor, mask: torch.Tensor, task: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """fused (B, N, d), mask (B, N), task (B, d), key_bias (B, N) log-weights of the tokens -> (B, K, H)."""
         queries = self.queries.unsqueeze(0) + task.unsqueeze(1)  # (B, K, d)
-        pooled = queries + self.attention(queries, self.norm(fused), mask)
+        pooled = queries + self.attention(queries, self.norm(fused), mask, key_bias)
         return self.out_norm(self.out(self.feed_forward(pooled)))
 
 
@@ -74,15 +76,33 @@ class FusionNetwork(nn.Module):
         tokens = self.projection(features, masks)  # M x (B, T_m, d)
         mask_list = [masks[m] for m in self.modalities]
         turns, turn_mask = self.projection.context(context, context_mask)  # (B, M*C, d), (B, M*C)
-        outputs, gates = zip(*(expert(tokens, mask_list, turns=turns, turn_mask=turn_mask) for expert in self.experts))
+        turn_modality = token_modality([context_mask.shape[1]] * len(tokens), turns.device)  # (M*C,)
+        outputs, gates = zip(*(expert(tokens, mask_list, turns=turns, turn_mask=turn_mask, turn_modality=turn_modality)
+                               for expert in self.experts))
+        gates = torch.stack(gates, 1)  # (B, E, M)
 
+        # The expert gate reads each modality's pooled utterance and turns in the proportion the experts keep it,
+        # so a modality that every expert gates to 0 reaches nothing.
+        kept = gates.mean(1).unsqueeze(-1)  # (B, M, 1)
+        utterance = (kept * torch.stack([masked_mean(t, m) for t, m in zip(tokens, mask_list)], 1)).sum(1)  # (B, d)
+        turn_tokens, turn_masks = turns.chunk(len(tokens), 1), turn_mask.chunk(len(tokens), 1)
+        turn_pooled = (kept * torch.stack([masked_mean(t, m) for t, m in zip(turn_tokens, turn_masks)], 1)).sum(1)
+        weights = self.expert_gate(utterance, turn_pooled, task)  # (B, E)
+
+        # Modality m's tokens are each expert's tokens of m, mixed by expert weight x that expert's gate on m; the
+        # mixture is normalised (a LayerNorm follows), and how much of m the pseudo tokens see is its total share.
+        share = weights.unsqueeze(-1) * gates  # (B, E, M)
+        modality_weights = share.sum(1)  # (B, M)
+        mix = share / modality_weights.unsqueeze(1).clamp(min=torch.finfo(share.dtype).tiny)  # (B, E, M)
+        fused = torch.cat([(mix[:, :, i, None, None] * torch.stack([o[i] for o in outputs], 1)).sum(1)
+                           for i in range(len(tokens))], 1)  # (B, N, d)
         mask = torch.cat(mask_list, 1)  # (B, N)
-        weights = self.expert_gate(masked_mean(torch.cat(tokens, 1), mask), masked_mean(turns, turn_mask), task)
-        expert_tokens = torch.stack([torch.cat(o, 1) for o in outputs], 1)  # (B, E, N, d)
-        fused = self.fused_norm((weights[:, :, None, None] * expert_tokens).sum(1))  # (B, N, d)
+        key_mask, key_bias = modality_bias(modality_weights, token_modality([t.shape[1] for t in tokens],
+                                                                             mask.device), mask)
         return FusionOutput(
-            tokens=self.pooler(fused, mask, self.expert_gate.task_embedding(task)),
+            tokens=self.pooler(self.fused_norm(fused), key_mask, self.expert_gate.task_embedding(task), key_bias),
             expert_weights=weights,
-            modality_gates=torch.stack(gates, 1),
+            modality_gates=gates,
+            modality_weights=modality_weights,
             aux_loss=self.config.balance_weight * balance_loss(weights),
         )

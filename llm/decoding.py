@@ -92,3 +92,28 @@ def score_answers(lm, prompt_embeds: torch.Tensor, prompt_valid: torch.Tensor, t
         steps = log_probs[b][trie.step_source.to(device), trie.step_token.to(device)]  # (C, S)
         scores.append((steps * trie.step_valid.to(device)).sum(-1))
     return scores
+
+
+@torch.no_grad()
+def greedy_tokens(lm, prompt_embeds: torch.Tensor, prompt_valid: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B, steps) long: the tokens free greedy decoding appends to each left-padded prompt, no constraint at all.
+
+    It measures whether the LLM has learned the answer format by itself (a reading beside the constrained answer,
+    which is valid by construction). The prompt is run once, then one token per step through the KV cache.
+    """
+    B = prompt_embeds.shape[0]
+    out = lm(inputs_embeds=prompt_embeds, attention_mask=causal_mask(prompt_valid),
+             position_ids=positions(prompt_valid), logits_to_keep=1, use_cache=True)
+    seen, after = prompt_valid, prompt_valid.sum(-1, keepdim=True)  # (B, P), (B, 1) the first answer position
+    tokens = [out.logits[:, -1].argmax(-1)]  # steps x (B,)
+    for s in range(1, steps):
+        seen = torch.cat([seen, torch.ones(B, 1, dtype=torch.bool, device=seen.device)], 1)  # (B, P + s)
+        out = lm(inputs_embeds=lm.get_input_embeddings()(tokens[-1]).unsqueeze(1), attention_mask=seen[:, None, None],
+                 position_ids=after + s - 1, past_key_values=out.past_key_values, use_cache=True)
+        tokens.append(out.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, 1)
+
+
+def spelled_answer(generated: list[int], answers: list[list[int]]) -> int | None:
+    """Index of the answer whose tokens the generated ones start with (answers are prefix-free), else None."""
+    return next((i for i, a in enumerate(answers) if generated[:len(a)] == a), None)

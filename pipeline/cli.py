@@ -48,6 +48,9 @@ def train(
                                                                "limit)"),
     modalities: str = typer.Option(None, help="Comma-separated subset, e.g. text or audio,visual"),
     lr: float = typer.Option(TrainConfig.lr, help="Learning rate of the fusion and the LoRA weights"),
+    fusion_lr: float = typer.Option(TrainConfig.fusion_lr, help="The fusion's own learning rate (default: --lr)"),
+    head_weight: float = typer.Option(None, help="Weight of the auxiliary head's loss on the pseudo tokens, 0 = no "
+                                                 f"head (default: the preset's, {ModelConfig.head_weight})"),
     lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's); the scale is alpha / r"),
     lora_alpha: int = typer.Option(None, help="LoRA alpha (default: the preset's, whatever --lora-r is)"),
     context_turns: int = typer.Option(None, help=f"Dialogue corpora: preceding turns the context expert reads, "
@@ -67,12 +70,13 @@ def train(
 ):
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "context_turns": context_turns,
-                     "max_history_tokens": history_tokens}
+                     "max_history_tokens": history_tokens, "head_weight": head_weight}
     try:
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
-                          precision=precision, overrides={k: v for k, v in model_options.items() if v is not None})
+                          precision=precision, fusion_lr=fusion_lr,
+                          overrides={k: v for k, v in model_options.items() if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except FAILURES as e:
         _fail(e)
@@ -115,6 +119,34 @@ def predict(
     except FAILURES as e:
         _fail(e)
     gates = ", ".join(f"{k} {v:.2f}" for k, v in answer["expert_weights"].items())
-    typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates})")
+    shares = ", ".join(f"{k} {v:.2f}" for k, v in answer["modality_weights"].items())
+    typer.echo(f"{answer['task']}: {answer['answer']}   (expert gates: {gates}; modality weights: {shares})")
     for m, reason in answer["missing"].items():
         typer.echo(f"note: {m} missing ({reason})")
+
+
+probe_app = typer.Typer(add_completion=False)
+
+
+@probe_app.command(help="The linear-probe baseline of a cache: logistic regression (classes) or ridge regression "
+                        "(scores) on each utterance's pooled features (mean + std over its steps), fitted on train "
+                        "and scored on dev (and test with --test) with egmf-eval's metrics, per modality and all "
+                        "together. What a trained model should beat.")
+def probe(
+    store: str = typer.Argument(..., help="Feature cache path or URL"),
+    modalities: str = typer.Option(None, help="Comma-separated subset (default: every modality of the cache)"),
+    test: bool = typer.Option(False, "--test", help="Also score the test split"),
+    out: Path = typer.Option(None, help="Write the metrics JSON here (default: probe-<cache name>.json)"),
+):
+    from .probe import probe_cache, probe_table
+
+    try:
+        splits = ("dev", "test") if test else ("dev",)
+        result = probe_cache(store, modalities.split(",") if modalities else None, splits)
+    except (CacheError, FileNotFoundError, OSError) as e:
+        _fail(e)
+    out = out or Path(f"probe-{Path(store.rstrip('/')).name}.json")
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    typer.echo(f"{result['task']} ({result['cache']}): {result['model']}, {result['train_rows']} train rows")
+    typer.echo(probe_table(result))
+    typer.echo(f"metrics: {out}")

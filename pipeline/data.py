@@ -47,23 +47,44 @@ class SplitData:
         """modality -> (n, D) float32 mean over each row's valid steps (zeros where missing): the preceding turns'
         features. Computed on first use, once per split; only splits with context need it."""
         if self._pooled is None:
-            self._pooled = {m: _mean_steps(x, self.lengths[m]) for m, x in self.features.items()}
+            self._pooled = {m: pool_steps(x, self.lengths[m]) for m, x in self.features.items()}
         return self._pooled
 
 
-def _mean_steps(x: np.ndarray, lengths: np.ndarray, rows: int = 256) -> np.ndarray:
-    """(n, T, D) features, (n,) lengths -> (n, D) float32 means over the valid steps, a block of rows at a time
-    (a float32 copy of a whole split can take gigabytes)."""
-    out = np.empty((len(x), x.shape[2]), np.float32)
+def pool_steps(x: np.ndarray, lengths: np.ndarray, with_std: bool = False, rows: int = 256) -> np.ndarray:
+    """(n, T, D) features, (n,) lengths -> (n, D) float32 means over the valid steps, or with_std (n, 2D) the means
+    then the standard deviations; zeros where a row has no step. A block of rows at a time (a float32 copy of a
+    whole split can take gigabytes)."""
+    out = np.empty((len(x), (2 if with_std else 1) * x.shape[2]), np.float32)
     for a in range(0, len(x), rows):
-        block, n = x[a: a + rows], lengths[a: a + rows]
-        steps = np.arange(x.shape[1])[None, :] < n[:, None]  # (r, T)
-        out[a: a + rows] = (block.astype(np.float32) * steps[..., None]).sum(1) / np.maximum(n, 1)[:, None]
+        block, n = x[a: a + rows].astype(np.float32), lengths[a: a + rows]
+        steps = (np.arange(x.shape[1])[None, :] < n[:, None])[..., None]  # (r, T, 1)
+        count = np.maximum(n, 1)[:, None]  # (r, 1)
+        mean = (block * steps).sum(1) / count  # (r, D)
+        if with_std:
+            std = np.sqrt((((block - mean[:, None]) * steps) ** 2).sum(1) / count)  # (r, D)
+            mean = np.concatenate([mean, std], 1)
+        out[a: a + rows] = mean
     return out
+
+
+def check_extracted(cache: Cache, split: str) -> None:
+    """Refuse a split with rows not extracted yet: training or scoring the done rows alone would silently report
+    a number for a subset (an interrupted extraction marks rows done shard by shard)."""
+    missing = np.flatnonzero((cache.meta["split"] == split) & ~cache.done)
+    if len(missing):
+        ids = ", ".join(cache.meta["id"][missing[:5]].tolist()) + (", ..." if len(missing) > 5 else "")
+        modalities = ",".join(cache.modalities)
+        raise CacheError(
+            f"{cache.url}: {len(missing)} of {int((cache.meta['split'] == split).sum())} rows of split '{split}' are "
+            f"not extracted yet (rows {missing[0]}..{missing[-1]}: {ids}). Fix: finish the extraction by running "
+            f"its command again, e.g. `egmf-extract --dataset {cache.dataset.name} --root <corpus folder> "
+            f"--modalities {modalities} --out {cache.url}` with the same preset; it writes only the missing rows")
 
 
 def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
                context_turns: int = 0) -> SplitData:
+    check_extracted(cache, split)
     rows = cache.rows(split)
     label = cache.labels[task.label.name][rows]
     keep = label >= 0 if task.is_classification else ~np.isnan(label)

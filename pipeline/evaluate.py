@@ -1,7 +1,7 @@
 """Predicting a split with a trained model and scoring it the way the field does; egmf-eval (evaluate_run)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from ..weights import pick_device
 from . import plots
 from .batch import TaskSpec
 from .data import BatchStream, SplitData, load_split
-from .metrics import compute_metrics, expert_gates_by_class, metric_kind
+from .metrics import compute_metrics, expert_gates_by_class, metric_kind, scalar_metrics
 from .precision import autocast, use_bf16
 from .runfolder import RunFolder
 
@@ -26,21 +26,30 @@ class SplitPredictions:
     y_pred: list
     answers: list[str]  # the generated text of each answer
     gates: np.ndarray  # (N, 3) expert-gate weights
+    modality_weights: np.ndarray  # (N, M) each modality's share in the pseudo tokens, in `modalities` order
+    modalities: list[str]
     parse_failures: int
     rows: np.ndarray  # (N,) cache rows
+    free_answers: list = field(default_factory=list)  # per row: the answer free greedy generation spells, or None
+    readings: dict[str, list[float]] = field(default_factory=dict)  # scores: values under every readout
 
 
 @torch.no_grad()
 def predict_split(model, data: SplitData, task: TaskSpec, batch_size: int, device="cpu") -> SplitPredictions:
     model.eval()
-    y_pred, answers, gates, failures = [], [], [], 0
+    y_pred, answers, gates, shares, failures, free, readings = [], [], [], [], 0, [], {}
     for batch in BatchStream([data], batch_size, shuffle=False):
         p = model.predict(batch.to(device))
         y_pred += list(p.values)
         answers += list(p.answers)
         gates.append(p.expert_weights.float().cpu().numpy())
+        shares.append(p.modality_weights.float().cpu().numpy())
         failures += p.parse_failures
-    return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), failures, data.rows)
+        free += p.free_answers
+        for name, values in p.readings.items():
+            readings.setdefault(name, []).extend(values)
+    return SplitPredictions(task, list(data.targets), y_pred, answers, np.concatenate(gates), np.concatenate(shares),
+                            list(data.features), failures, data.rows, free, readings)
 
 
 def score_split(model, data, task, batch_size: int, device: torch.device, bf16: bool
@@ -56,8 +65,17 @@ def split_metrics(pred: SplitPredictions) -> dict:
     m = compute_metrics(metric_kind(label), pred.y_true, pred.y_pred, class_names=label.classes or None,
                         score_range=(label.low, label.high))
     m["parse_failure_rate"] = pred.parse_failures / max(1, len(pred.y_true))
+    if pred.free_answers:  # has the LLM learned the answer format itself? (the constrained answer always is one)
+        m["free_valid_rate"] = sum(a is not None for a in pred.free_answers) / len(pred.free_answers)
+    for readout, values in pred.readings.items():  # the score under every readout; the answer is one of them
+        for key, value in scalar_metrics(compute_metrics(metric_kind(label), pred.y_true, values,
+                                                         score_range=(label.low, label.high))).items():
+            if key != "N":
+                m[f"{readout}_{key}"] = value
     if label.kind == "class":
         m["expert_gates_by_class"] = expert_gates_by_class(pred.gates, np.asarray(pred.y_true), label.classes)
+        m["modality_weights_by_class"] = expert_gates_by_class(pred.modality_weights, np.asarray(pred.y_true),
+                                                               label.classes, pred.modalities)
     return m
 
 
@@ -84,7 +102,10 @@ def plot_predictions(pred: SplitPredictions, metrics: dict, folder: Path, split:
         return [plots.plot_confusion_matrix(metrics["Confusion_matrix"], label.classes,
                                             folder / f"confusion-{stem}.png", title=f"{pred.task.name} {split}"),
                 plots.plot_expert_gates(pred.gates, np.asarray(pred.y_true), label.classes,
-                                        folder / f"expert-gates-{stem}.png")]
+                                        folder / f"expert-gates-{stem}.png"),
+                plots.plot_expert_gates(pred.modality_weights, np.asarray(pred.y_true), label.classes,
+                                        folder / f"modality-weights-{stem}.png", pred.modalities,
+                                        title="modality weights per true class")]
     return [plots.plot_regression(pred.y_true, pred.y_pred, folder / f"scatter-{stem}.png",
                                   (label.low, label.high))]
 

@@ -18,10 +18,11 @@ Key names are MMSA's, so a result can be compared key by key with MMSA's logs. V
 percent), unrounded, plain Python numbers; None where a metric is undefined on the given rows (Pearson correlation
 when one side is constant, the non-zero Acc2 of a split whose labels are all 0).
 
-One deliberate difference at the SIMS bin edges: MMSA bins float32 tensors against float64 edges, so there 0.1 and
--0.7 fall one bin away from the intervals its own comments state (float32 0.1 is 0.10000000149). Our generated
-answers are written with one decimal and hit the edges exactly, so values are snapped to 1e-6 before binning and
-every edge lands where the stated intervals put it, whatever the dtype.
+SIMS bins are MMSA's exactly: MMSA compares float32 arrays (its tensors' dtype) with Python float edges, and numpy
+does that comparison in float32 (the array's dtype wins over a Python scalar, in numpy 1 and 2 alike). So a
+value equal to an edge in float32 (a one-decimal answer such as 0.1, or a float32 label of 0.1) falls in the bin
+the stated intervals give it, and a value just above an edge in float32 falls above it. Our bins do the same:
+values and edges in float32, no rounding.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ SCORE_CONVENTIONS = {(-3.0, 3.0): "mosei", (-1.0, 1.0): "sims"}  # label range -
 SIMS_ACC2_EDGES = (0.0,)
 SIMS_ACC3_EDGES = (-0.1, 0.1)
 SIMS_ACC5_EDGES = (-0.7, -0.1, 0.1, 0.7)
-EDGE_SNAP_DECIMALS = 6  # far below the labels' 0.2 / 1/3 steps, far above float32's error near 1
 
 
 def score_convention(low: float, high: float) -> str:
@@ -208,8 +208,9 @@ def _rounded_class(scores: np.ndarray, bound: float) -> np.ndarray:
 
 
 def _binned(scores: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
-    # Bins are (left, right]: the class is the number of edges strictly below the value.
-    return np.searchsorted(np.asarray(edges), np.round(scores, EDGE_SNAP_DECIMALS), side="left")
+    # Bins are (left, right]: the class is the number of edges strictly below the value, compared in float32 as
+    # MMSA compares them.
+    return np.searchsorted(np.asarray(edges, np.float32), scores.astype(np.float32), side="left")
 
 
 def _agreement(preds: np.ndarray, truth: np.ndarray) -> float:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import nn
 
 from ..cache.schema import LabelSpec
 from ..fuse import FusionConfig, FusionNetwork
-from ..llm.decoding import AnswerTrie, score_answers
+from ..llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_answer
 from ..llm.loading import DEFAULT_LLM, llm_sha256, load_causal_lm
 from ..llm.lora import ATTENTION, attach_lora, load_lora
 from ..llm.prompts import Prompter, format_score
@@ -29,6 +30,7 @@ from .batch import Batch, TaskSpec
 CONFIG_FILE, FUSION_FILE, ADAPTER_DIR = "model.json", "fusion.safetensors", "adapter"
 # model.json's format: 2 added the LLM's sha256 and context_turns (format 1, unnumbered, had neither).
 MODEL_FORMAT = 2
+SCORE_READOUTS = ("mean", "median", "argmax")
 
 
 @dataclass
@@ -49,14 +51,19 @@ class ModelConfig:
     # the prompt too (0 = none). MELD text-only dev, 2 epochs: weighted F1 59.4 with 48, 57.9 with 0, at 1.5x the
     # step time (README, MELD section).
     max_history_tokens: int = 48
-    # Regression value from the exact distribution over all score strings: its "mean" or its "argmax".
-    # Measured on synthetic MOSEI-range data (tiny LM, 3 seeds, held-out MAE after 300 steps): mean 0.40,
-    # median 0.41, argmax 0.44, masked greedy 0.44. The mean wins and gives continuous values for Corr.
+    # Regression value from the exact distribution over all score strings: its "mean", "median" or "argmax" (all
+    # three are reported; this one is the answer). Measured on synthetic MOSEI-range data (tiny LM, 3 seeds,
+    # held-out MAE after 300 steps): mean 0.40, median 0.41, argmax 0.44, masked greedy 0.44. The mean wins and
+    # gives continuous values for Corr.
     score_readout: str = "mean"
+    # Weight of an auxiliary head's loss (a linear classifier, or regressor, on the mean pseudo token) added to the
+    # LM loss; 0 = none. It gives the fusion a direct gradient from the label while the LLM still learns to read
+    # the tokens and generates the answer; the head is used in training only and not saved with the model.
+    head_weight: float = 0.0
 
     def __post_init__(self):
-        if self.score_readout not in ("mean", "argmax"):
-            raise ValueError(f"score_readout must be 'mean' or 'argmax', not {self.score_readout!r}")
+        if self.score_readout not in SCORE_READOUTS:
+            raise ValueError(f"score_readout must be one of {SCORE_READOUTS}, not {self.score_readout!r}")
         if not self.tasks:
             raise ValueError("ModelConfig needs at least one task")
         for option, value in (("context-turns", self.context_turns), ("history-tokens", self.max_history_tokens)):
@@ -86,6 +93,7 @@ class ModelOutput:
     loss: torch.Tensor  # (): what the optimiser minimises
     lm_loss: torch.Tensor  # (): cross-entropy of the answer tokens
     aux_loss: torch.Tensor  # (): weighted load-balance loss of the expert gate
+    head_loss: torch.Tensor  # (): the auxiliary head's loss, unweighted (0 without a head)
     expert_weights: torch.Tensor  # (B, 3) in fuse.EXPERTS order
     modality_gates: torch.Tensor  # (B, 3, M)
 
@@ -95,7 +103,10 @@ class Prediction:
     answers: list[str]  # what the LLM answered: a class name or a one-decimal score
     values: list  # class index (int) or score (float) per row
     expert_weights: torch.Tensor  # (B, 3)
+    modality_weights: torch.Tensor  # (B, M): each modality's share in the pseudo tokens
     parse_failures: int  # answers that are not a valid label or in-range number (0 by construction)
+    free_answers: list[int | None]  # per row: the answer free greedy generation spells (its index), None = invalid
+    readings: dict[str, list[float]]  # scores only: every readout of the distribution (SCORE_READOUTS)
 
 
 class EGMF(nn.Module):
@@ -112,6 +123,12 @@ class EGMF(nn.Module):
         table = base.get_input_embeddings().weight  # (V, H)
         self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
                                     out_scale=table.detach().pow(2).mean().sqrt().item())
+        # Registered before the LLM: the trainer's parameter groups (fusion side, then LoRA) keep the model's order.
+        # Its own LayerNorm: the pseudo tokens are as small as word embeddings (RMS ~0.02-0.05), and a plain linear
+        # head on them would start with near-zero outputs and teach the fusion nothing for many epochs.
+        self.heads = (nn.ModuleList([nn.Sequential(nn.LayerNorm(table.shape[1]), nn.Linear(
+            table.shape[1], len(t.label.classes) if t.is_classification else 1)) for t in config.tasks])
+            if config.head_weight > 0 else None)
         self.llm = (load_lora(base, adapter) if adapter is not None else
                     attach_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets))
         self.prompter = Prompter(self.tokenizer, [t.label for t in config.tasks], config.fusion.n_tokens,
@@ -137,8 +154,27 @@ class EGMF(nn.Module):
         logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
                           logits_to_keep=max(map(len, answers)) + 1, use_cache=False).logits  # (B, A + 1, V)
         lm_loss = answer_loss(logits, answers)
-        return ModelOutput(lm_loss + fused.aux_loss, lm_loss, fused.aux_loss, fused.expert_weights,
-                           fused.modality_gates)
+        head_loss = self._head_loss(fused.tokens, batch)
+        return ModelOutput(lm_loss + fused.aux_loss + self.config.head_weight * head_loss, lm_loss, fused.aux_loss,
+                           head_loss, fused.expert_weights, fused.modality_gates)
+
+    def _head_loss(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean over rows of the auxiliary head's cross-entropy (classes) or squared error in half-ranges (scores)."""
+        if self.heads is None:
+            return tokens.new_zeros(())
+        pooled = tokens.float().mean(1)  # (B, H)
+        losses = []
+        for t in batch.task.unique().tolist():
+            rows = (batch.task == t).nonzero().squeeze(1).tolist()
+            out, label = self.heads[t](pooled[rows]), self.config.tasks[t].label
+            if label.kind == "class":
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device)
+                losses.append(F.cross_entropy(out, target, reduction="sum"))
+            else:
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device, dtype=out.dtype)
+                half = (label.high - label.low) / 2
+                losses.append((((out.squeeze(1) - target) / half) ** 2).sum())
+        return torch.stack(losses).sum() / len(batch.targets)
 
     def _trie(self, task: int, language: str) -> AnswerTrie:
         key = (task, language)
@@ -154,26 +190,33 @@ class EGMF(nn.Module):
         embeds, valid = embed_rows(self.llm, self._prompts(batch), fused.tokens, self.filler)
         tasks = batch.task.tolist()
         tries = [self._trie(t, lang) for t, lang in zip(tasks, batch.languages)]
-        answers, values, failures = [], [], 0
+        answer_ids = [self.prompter.answer_ids(t, lang) for t, lang in zip(tasks, batch.languages)]
+        free = greedy_tokens(self.llm, embeds, valid, max(len(a) for ids in answer_ids for a in ids)).tolist()
+        answers, values, failures, readings = [], [], 0, {}
         for task, scores in zip(tasks, score_answers(self.llm, embeds, valid, tries, self.filler)):
-            answer, value = self._read(task, scores)
+            answer, value, read = self._read(task, scores)
             failures += self.prompter.parse(task, answer) is None
             answers.append(answer)
             values.append(value)
+            for name, v in read.items():
+                readings.setdefault(name, []).append(v)
         self.train(was_training)
-        return Prediction(answers, values, fused.expert_weights, failures)
+        return Prediction(answers, values, fused.expert_weights, fused.modality_weights, failures,
+                          [spelled_answer(f, ids) for f, ids in zip(free, answer_ids)], readings)
 
-    def _read(self, task: int, scores: torch.Tensor) -> tuple[str, int | float]:
-        """Answer and value from the log-likelihoods (C,) of a task's answers."""
+    def _read(self, task: int, scores: torch.Tensor) -> tuple[str, int | float, dict[str, float]]:
+        """Answer, value and (scores) every readout's value from the log-likelihoods (C,) of a task's answers."""
         choices, label = self.prompter.answers(task), self.config.tasks[task].label
         best = int(scores.argmax())
         if label.kind == "class":
-            return choices[best], best
-        if self.config.score_readout == "argmax":
-            return choices[best], float(choices[best])
-        grid = torch.tensor([float(c) for c in choices], device=scores.device)  # (C,)
-        value = float((torch.softmax(scores, -1) * grid).sum())
-        return format_score(value, label.low, label.high), value
+            return choices[best], best, {}
+        values = [float(c) for c in choices]  # ascending
+        p = torch.softmax(scores.float(), -1)  # (C,)
+        median = int(torch.searchsorted(p.cumsum(0), torch.tensor([0.5], device=p.device)).clamp(max=len(p) - 1))
+        mean = float((p * torch.tensor(values, device=p.device)).sum())
+        read = {"mean": mean, "median": values[median], "argmax": values[best]}
+        value = read[self.config.score_readout]
+        return format_score(value, label.low, label.high), value, read
 
     def save(self, directory) -> Path:
         """Write the trainable weights and model.json to directory; returns it."""

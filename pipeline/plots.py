@@ -106,11 +106,13 @@ def plot_confusion_matrix(confusion, class_names, path, title: str = "confusion 
 
 
 @_with_fonts
-def plot_expert_gates(gates, labels, class_names, path, experts=EXPERTS) -> Path:
+def plot_expert_gates(gates, labels, class_names, path, experts=EXPERTS,
+                      title: str = "expert-gate weights per true class") -> Path:
     """Mean expert-gate weights per true class as stacked bars (one bar per class, one segment per expert).
 
     gates: (N, E) gate weights of the rows; labels: (N,) their true class indices. Classes without rows are
-    shown empty; the tick labels give each class's row count.
+    shown empty; the tick labels give each class's row count. Any weights that sum to 1 per row plot the same
+    way: the modality weights with experts = the modality names.
     """
     by_class = expert_gates_by_class(gates, labels, class_names, experts)
     fig = _figure(max(6.0, 2.0 + 0.9 * len(class_names)), 4.5)
@@ -124,7 +126,7 @@ def plot_expert_gates(gates, labels, class_names, path, experts=EXPERTS) -> Path
     counts = [by_class[str(c)]["n"] for c in class_names]
     ticks = [f"{label}\n(n={n})" for label, n in zip(_class_labels(class_names), counts)]
     ax.set_xticks(positions, ticks)
-    ax.set(ylabel="mean gate weight", title="expert-gate weights per true class")
+    ax.set(ylabel="mean gate weight", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
 

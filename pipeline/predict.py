@@ -68,4 +68,5 @@ def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, d
     with autocast(chosen, run_bf16(run, chosen)):  # the precision egmf-eval uses too
         p = model.predict(collate(row, np.arange(1)).to(chosen))
     return {"task": model.config.tasks[task].name, "answer": p.answers[0], "value": p.values[0],
-            "expert_weights": dict(zip(EXPERTS, p.expert_weights[0].tolist())), "missing": missing}
+            "expert_weights": dict(zip(EXPERTS, p.expert_weights[0].tolist())),
+            "modality_weights": dict(zip(model.fusion.modalities, p.modality_weights[0].tolist())), "missing": missing}

@@ -47,6 +47,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps (quick runs); None = no limit
     batch_size: int = 8
     lr: float = 1e-3  # the fusion and the LoRA weights start from scratch: a higher rate than full fine-tuning
+    fusion_lr: float | None = None  # the fusion's (and auxiliary head's) own rate; None = lr for everything
     weight_decay: float = 0.01
     warmup: float = 0.06  # fraction of all steps
     grad_clip: float = 1.0
@@ -105,6 +106,16 @@ def feature_dims(caches: list[Cache], modalities: list[str]) -> dict[str, int]:
     return dims
 
 
+def parameter_groups(model: EGMF, lr: float, fusion_lr: float | None) -> list[dict]:
+    """The trainable parameters in model order: one group, or with fusion_lr the fusion side then the LoRA weights
+    (EGMF registers its fusion and heads before the LLM, so the order a checkpoint records stays the same)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if fusion_lr is None:
+        return [{"params": [p for _, p in named]}]
+    return [{"params": [p for n, p in named if not n.startswith("llm.")], "lr": fusion_lr},
+            {"params": [p for n, p in named if n.startswith("llm.")], "lr": lr}]
+
+
 @dataclass
 class _Fit:
     """What one Trainer.fit works with, across its epochs."""
@@ -155,7 +166,7 @@ class Trainer:
         stream = BatchStream(train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world=self.world)
         steps_per_epoch = len(stream)
         total = min(math.inf if cfg.max_steps is None else cfg.max_steps, steps_per_epoch * cfg.epochs)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+        opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.fusion_lr), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total), int(total))
         wrapped = self._wrap(model)
@@ -202,9 +213,10 @@ class Trainer:
         f.stream.epoch = state["epoch"]
         skip = state["step"] - state["epoch"] * f.steps_per_epoch  # batches done before a resume
         if skip == 0:
-            state["epoch_losses"] = {"loss": [], "lm": [], "aux": []}
+            state["epoch_losses"] = {"loss": [], "lm": [], "aux": [], "head": []}
         # In the checkpointed state, so that an epoch resumed half-way reports the means over all its steps.
-        losses, lm, aux = (state["epoch_losses"][k] for k in ("loss", "lm", "aux"))
+        # setdefault: a checkpoint from before the auxiliary head has no "head" list
+        losses, lm, aux, head = (state["epoch_losses"].setdefault(k, []) for k in ("loss", "lm", "aux", "head"))
         params = [p for p in f.model.parameters() if p.requires_grad]
         f.model.train()
         tick = time.perf_counter()
@@ -230,6 +242,7 @@ class Trainer:
             losses.append(out.loss.item())
             lm.append(out.lm_loss.item())
             aux.append(out.aux_loss.item())
+            head.append(out.head_loss.item())
             f.bar.update(1)
             f.bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             f.step_time += time.perf_counter() - tick
@@ -255,7 +268,7 @@ class Trainer:
         losses = state["epoch_losses"]
         record = {"epoch": state["epoch"] + 1, "step": state["step"], "finished": finished,
                   "train_loss": mean(losses["loss"]), "train_lm_loss": mean(losses["lm"]),
-                  "train_aux_loss": mean(losses["aux"])}
+                  "train_aux_loss": mean(losses["aux"]), "train_head_loss": mean(losses.get("head", []))}
         record.update(self._evaluate(f.model, dev, "dev"))
         record["dev_score"] = float(np.mean([primary_score(t, record["dev"][t.name]) for t in self.tasks]))
         state["history"] = [h for h in state["history"] if h["epoch"] != record["epoch"]] + [record]

@@ -77,7 +77,8 @@ def test_each_expert_keeps_shapes_and_masks(expert):
     mask_list = [masks[m] for m in modalities]
     tokens = [torch.randn(B, STEPS[m], d) * masks[m].unsqueeze(-1) for m in modalities]
     turns, turn_mask = torch.randn(B, 2, d), torch.tensor([[True, False]] * B)
-    outputs, gate = module(tokens, mask_list, turns=turns, turn_mask=turn_mask)
+    context = {"turns": turns, "turn_mask": turn_mask, "turn_modality": torch.tensor([0, 2])}
+    outputs, gate = module(tokens, mask_list, **context)
     assert [o.shape for o in outputs] == [t.shape for t in tokens]
     assert gate.shape == (B, len(modalities)) and torch.all(gate[1, 0] == 0)
     for o, m in zip(outputs, mask_list):
@@ -86,9 +87,53 @@ def test_each_expert_keeps_shapes_and_masks(expert):
     noisy = [torch.where(m.unsqueeze(-1), t, torch.randn_like(t) * 100) for t, m in zip(tokens, mask_list)]
     noisy_turns = turns.clone()
     noisy_turns[:, 1] = 1e4
-    again, _ = module(noisy, mask_list, turns=noisy_turns, turn_mask=turn_mask)
+    again, _ = module(noisy, mask_list, **{**context, "turns": noisy_turns})
     for a, b in zip(outputs, again):
         torch.testing.assert_close(a, b)
+
+
+def force_modality_gates(net, weights):
+    """Every expert's modality gate returns `weights` (M,) for every row; returns the hooks to remove."""
+    return [expert.gate.register_forward_hook(lambda module, args, out: weights.expand_as(out).clone())
+            for expert in net.experts]
+
+
+@pytest.mark.parametrize("silenced", list(DIMS))
+def test_a_modality_gated_to_zero_has_no_influence_on_the_pseudo_tokens(net, silenced):
+    features, masks, context, context_mask, task = make_inputs()
+    index = list(DIMS).index(silenced)
+    altered = {**features, silenced: features[silenced] + torch.randn_like(features[silenced]) * 3}
+    altered_context = {**context, silenced: context[silenced] * -2}
+    uniform = torch.full((len(DIMS),), 1 / len(DIMS))
+    closed = torch.tensor([0.0 if i == index else 0.5 for i in range(len(DIMS))])
+    for weights, should_change in [(uniform, True), (closed, False)]:
+        hooks = force_modality_gates(net, weights)
+        try:
+            reference = net(features, masks, context, context_mask, task)
+            out = net(altered, masks, altered_context, context_mask, task)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert torch.isfinite(out.tokens).all()
+        assert (not torch.allclose(out.tokens, reference.tokens, atol=1e-5)) is should_change
+        if not should_change:
+            assert torch.all(out.modality_weights[:, index] == 0)
+            torch.testing.assert_close(out.expert_weights, reference.expert_weights, rtol=0, atol=0)
+
+
+def test_modality_weights_survive_normalisation(net):
+    """A modality's weight must change what the pseudo tokens hold, not only the scale a LayerNorm removes."""
+    features, masks, context, context_mask, task = make_inputs()
+    outputs = []
+    for weights in ([0.8, 0.1, 0.1], [0.1, 0.1, 0.8]):
+        hooks = force_modality_gates(net, torch.tensor(weights))
+        try:
+            outputs.append(net(features, masks, context, context_mask, task))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert (outputs[0].tokens - outputs[1].tokens).abs().max() > 0.1
+    torch.testing.assert_close(outputs[0].modality_weights.sum(-1), torch.ones(B))
 
 
 def test_context_and_task_are_used(net):

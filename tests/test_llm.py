@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from egmf.cache.schema import LabelSpec
-from egmf.llm.decoding import AnswerTrie, score_answers
+from egmf.llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_answer
 from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
 from egmf.llm.lora import ATTENTION, MLP, attach_lora
 from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
@@ -134,6 +134,25 @@ def test_tree_scoring_equals_scoring_each_answer_on_its_own(tiny, prompter):
             expected = torch.stack([row_log_likelihood(lm, (prompts[b], answer), tokens[b:b + 1], 0)
                                     for answer in prompter.answer_ids(task, lang)])
             torch.testing.assert_close(scores[b], expected, atol=2e-4, rtol=1e-4)
+
+
+def test_free_greedy_tokens_equal_greedy_decoding_of_each_row_alone(tiny, prompter):
+    lm, _ = tiny
+    rows = [(0, "en", "hello"), (2, "zh", "一个很长很长的句子 with more words"), (1, "en", "")]
+    prompts = [prompter.prompt(t, lang, text) for t, lang, text in rows]
+    tokens = torch.randn(len(rows), K, lm.config.hidden_size)
+    with torch.no_grad():
+        embeds, valid = embed_rows(lm, prompts, tokens, filler=0)  # left-padded: rows of different lengths
+        batched = greedy_tokens(lm, embeds, valid, steps=4)
+        for b in range(len(rows)):  # reference: each row alone, no padding, no cache, whole sequence every step
+            row, ids = embeds[b:b + 1, valid[b]], []
+            for _ in range(4):
+                ids.append(int(lm(inputs_embeds=row, use_cache=False).logits[0, -1].argmax()))
+                row = torch.cat([row, lm.get_input_embeddings()(torch.tensor([[ids[-1]]]))], 1)
+            assert batched[b].tolist() == ids
+    answers = [[5, 6], [5, 7, 8], [9]]
+    assert spelled_answer([5, 7, 8, 1], answers) == 1 and spelled_answer([9, 9], answers) == 2
+    assert spelled_answer([5, 8, 6], answers) is None
 
 
 def test_padding_changes_nothing_and_loss_covers_only_the_answer(tiny, prompter):

@@ -87,6 +87,30 @@ def test_sims_bin_edges_fall_where_the_stated_intervals_put_them():
     assert compute_metrics("sims", [-0.2, 0.2], np.float32([0.0, 0.01]))["Mult_acc_2"] == 1.0
 
 
+def mmsa_bins(values, cuts):
+    """MMSA's eval_sims_regression binning loop, written out: float32 values, Python float edges."""
+    edges = [-1.01, *cuts, 1.01]
+    values = np.clip(np.asarray(values, np.float32), -1.0, 1.0)
+    out = values.copy()
+    for i in range(len(edges) - 1):
+        out[np.logical_and(values > edges[i], values <= edges[i + 1])] = i
+    return out
+
+
+def test_sims_bins_are_mmsa_bins_in_float32_with_no_snapping():
+    above = np.nextafter(np.float32(0.1), np.float32(1))  # the next float32 after the edge: above it, as in MMSA
+    assert compute_metrics("sims", [0.2], [above])["Mult_acc_3"] == 1.0
+    assert compute_metrics("sims", [0.2], [0.1000004])["Mult_acc_3"] == 1.0  # 6 decimals would snap it to 0.1
+    assert compute_metrics("sims", [0.0], [0.1000000001])["Mult_acc_3"] == 1.0  # float32(that) is the edge itself
+    rng = np.random.default_rng(0)
+    grid = np.concatenate([np.float32([-1, -0.7, -0.1, 0, 0.1, 0.7, 1]), rng.uniform(-1.2, 1.2, 300),
+                           np.round(rng.uniform(-1, 1, 100), 1)])
+    truth = rng.uniform(-1, 1, len(grid))
+    for key, cuts in (("Mult_acc_2", (0.0,)), ("Mult_acc_3", (-0.1, 0.1)), ("Mult_acc_5", (-0.7, -0.1, 0.1, 0.7))):
+        expected = float(np.mean(mmsa_bins(grid, cuts) == mmsa_bins(truth, cuts)))
+        assert compute_metrics("sims", truth, grid)[key] == pytest.approx(expected)
+
+
 def test_sims_clips_before_correlation():
     # clipped predictions (-1, 0, 1) are exactly linear in the truth; unclipped (-1.5, 0, 1) are not
     assert compute_metrics("sims", [-0.5, 0.0, 0.5], [-1.5, 0.0, 1.0])["Corr"] == pytest.approx(1.0)
@@ -127,7 +151,7 @@ def test_scores_on_another_scale_get_mae_and_corr():
     # A folder corpus rated 1 to 5: no MMSA convention; a dev evaluation must still score it (it used to raise).
     task = TaskSpec("folder/sentiment", LabelSpec("sentiment", "score", low=1.0, high=5.0))
     pred = SplitPredictions(task, [1.0, 2.0, 4.0, 5.0], [1.5, 2.0, 3.0, 5.0], ["1.5", "2.0", "3.0", "5.0"],
-                            np.full((4, 3), 1 / 3), 0, np.arange(4))
+                            np.full((4, 3), 1 / 3), np.ones((4, 1)), ["audio"], 0, np.arange(4))
     m = split_metrics(pred)
     assert m["N"] == 4 and m["MAE"] == pytest.approx(1.5 / 4) and m["parse_failure_rate"] == 0
     assert m["Corr"] == pytest.approx(float(np.corrcoef([1.5, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 5.0])[0, 1]))

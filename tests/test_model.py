@@ -116,6 +116,22 @@ def test_overfits_classification_and_regression(trained):
     assert model.predict(classes).parse_failures == 0 and model.predict(scores).parse_failures == 0
 
 
+def test_free_generation_and_every_score_readout_are_read_beside_the_answer(trained, config):
+    model, classes, scores, _ = trained
+    fitted = model.predict(classes)
+    # Trained to fit, the LLM spells the right class by itself; an untrained one does not spell valid answers.
+    assert fitted.free_answers == fitted.values and fitted.readings == {}
+    torch.manual_seed(3)
+    assert None in EGMF(config).predict(classes).free_answers
+    read = model.predict(scores)
+    grid = [float(s) for s in score_strings(-1.0, 1.0)]
+    assert set(read.readings) == {"mean", "median", "argmax"}
+    assert read.readings["mean"] == pytest.approx(read.values)  # the default readout is the answer
+    assert all(v in grid for v in read.readings["median"] + read.readings["argmax"])
+    assert all(f is not None for f in read.free_answers)
+    assert [grid[f] for f in read.free_answers] == read.readings["argmax"]  # greedy = the most likely string here
+
+
 def test_saved_model_is_small_and_reloads_to_the_same_predictions(trained, config, tmp_path):
     model, classes, scores, _ = trained
     directory = model.save(tmp_path / "model")

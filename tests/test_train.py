@@ -311,8 +311,8 @@ def test_pooled_context_is_computed_once_and_only_for_splits_with_context(class_
     from egmf.pipeline import data as data_module
     from egmf.pipeline.data import BatchStream, load_split, task_of
     cache = Cache.open(class_cache)
-    calls, mean_steps = [], data_module._mean_steps
-    monkeypatch.setattr(data_module, "_mean_steps", lambda x, lengths: calls.append(1) or mean_steps(x, lengths))
+    calls, pool_steps = [], data_module.pool_steps
+    monkeypatch.setattr(data_module, "pool_steps", lambda x, lengths: calls.append(1) or pool_steps(x, lengths))
     plain = load_split(cache, "dev", ["audio", "text"], task_of(cache), 0, context_turns=0)
     batch = next(iter(BatchStream([plain], 4, shuffle=False)))
     assert batch.context["audio"].shape == (4, 0, 4) and not calls  # no context wanted: nothing pooled
@@ -402,3 +402,30 @@ def test_predicting_a_clip_answers_as_eval_does_on_its_cached_row(tmp_path):
         assert one["answer"] == pred.answers[k]
         # the cache's float16 features are those of a batch, the clip's its own: equal to float rounding
         np.testing.assert_allclose(list(one["expert_weights"].values()), pred.gates[k], atol=1e-4)
+# --- refusals and the training recipe ---------------------------------------------------------------------------------
+
+def test_a_partly_extracted_split_is_refused_naming_its_rows_and_the_command(tmp_path):
+    from egmf.pipeline.data import load_split, task_of
+    path = tmp_path / "part"
+    sc.write(path, n=24, rows_per_shard=4, blocks=[(0, 4)] + [(a, a + 4) for a in range(8, 24, 4)])  # not 4..7
+    cache = Cache.open(path)
+    with pytest.raises(CacheError) as error:
+        load_split(cache, "dev", ["audio"], task_of(cache), 0)
+    message = str(error.value)
+    # dev = every third row: 4 and 7 fall in the missing shard
+    assert "2 of 8 rows of split 'dev'" in message and "clip0004, clip0007" in message
+    assert "egmf-extract --dataset synthetic" in message and str(path) in message
+    result = runner.invoke(train_app, ["--cache", str(path), "--out", str(tmp_path / "run"), "--preset", "tiny"])
+    assert result.exit_code == 1 and "not extracted yet" in result.output
+
+
+def test_the_auxiliary_head_and_the_fusion_rate_are_trained_and_recorded(class_cache, tmp_path):
+    summary = _train(class_cache, tmp_path / "run", epochs=1, fusion_lr=5e-3, overrides={"head_weight": 0.5})
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history[0]["train_head_loss"] > 0  # cross-entropy of 3 classes from an untrained head: about ln 3
+    assert history[0]["train_loss"] > history[0]["train_lm_loss"] + 0.4 * history[0]["train_head_loss"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["fusion_lr"] == 5e-3 and config["model"]["head_weight"] == 0.5
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == [5e-3, 1e-3]
+    assert any(k.startswith("heads.") for k in checkpoint["model"]) and summary["steps"] > 0
