@@ -42,6 +42,9 @@ def train(
     history_tokens: int = typer.Option(None, help="Dialogue corpora: token budget for the earlier turns' "
                                                   "transcripts in the prompt, 0 = none (default: 48)"),
     batch_size: int = typer.Option(8),
+    bucket_by_length: bool = typer.Option(False, help="Batch rows of like prompt length together: less padding, "
+                                                       "faster steps (MELD text-only: 28% of the LLM's tokens were "
+                                                       "padding, 1% bucketed)"),
     patience: int = typer.Option(3, help="Early stopping: epochs without a better dev score"),
     checkpoint_every: int = typer.Option(50, help="Steps between checkpoints a killed run resumes from; 0 = only "
                                                   "the one after each epoch"),
@@ -57,7 +60,7 @@ def train(
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, lora_r=lora_r,
                           batch_size=batch_size, patience=patience, checkpoint_every=checkpoint_every, seed=seed,
-                          device=device, precision=precision,
+                          device=device, precision=precision, bucket_by_length=bucket_by_length,
                           overrides={} if history_tokens is None else {"max_history_tokens": history_tokens})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except (ConfigError, CacheError, FileNotFoundError, OSError, FloatingPointError) as e:
