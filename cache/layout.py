@@ -17,10 +17,11 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from .schema import CacheError
 
 META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn")
-# Chosen by egmf-bench's benchmark 2 (MOSEI-sized features): blosc's lz4 without shuffle decodes about 4 GB/s
-# per core, 2-4x zstd's, and its output is as small (padding is what compresses; float16 features barely do);
-# byte shuffle slowed decoding by a third for no gain in size. blosc has no checksum of its own, so crc32c
-# turns a damaged chunk into a decode error instead of silent garbage. cache.shards decodes this chain itself.
+# Chosen by egmf-bench's benchmark 2 (MOSEI-sized features, 16-row chunks, one core): blosc's lz4 without
+# shuffle decoded 4.2x faster than zstd level 3 (84% of a memory copy's speed) for output 9% larger (padding is
+# what compresses; float16 features barely do); byte shuffle halved lz4's speed for no gain in size. blosc has
+# no checksum of its own, so crc32c turns a damaged chunk into a decode error instead of silent garbage.
+# cache.shards decodes this chain itself.
 FEATURE_CODECS = (BloscCodec(typesize=2, cname="lz4", clevel=5, shuffle="noshuffle", blocksize=0), Crc32cCodec())
 
 
