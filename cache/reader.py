@@ -1,6 +1,7 @@
 """Reading a store for stage two: metadata, labels and features, in RAM when they fit, lazily when not."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -10,9 +11,12 @@ import numpy as np
 from .header import read_header
 from .layout import META_COLUMNS, open_group
 from .schema import CacheError
+from .shards import read_rows as read_shard_rows
+from .shards import shard_layout
 
-# Read at most this many decoded bytes per request: large enough for zarr to fetch whole shards concurrently,
-# small enough that a scattered selection never holds much more than it returns.
+# Stores of an older layout (zstd, read by zarr): at most this many decoded bytes per request, large enough for
+# zarr to fetch whole shards concurrently, small enough that a scattered selection never holds much more than
+# it returns.
 READ_SPAN_BYTES = 256 << 20
 
 
@@ -109,10 +113,15 @@ class Cache:
         return self._read_rows(arr, modality, rows), lengths
 
     def _read_rows(self, arr, modality, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *arr.shape[1:]), arr.dtype)  # (n, T, D)
+        layout = shard_layout(arr)
+        if layout is not None:  # this layout is decoded by cache.shards straight into out, shards in parallel
+            with self._read_errors(modality, f"rows {rows.min()}..{rows.max()}" if len(rows) else "no rows"):
+                read_shard_rows(arr, layout, rows, out)
+            return out
         if len(rows) and (np.diff(rows) == 1).all():
             # A split is usually one run of rows: read it straight, with no gather through index arrays.
             return self._read_span(arr, modality, int(rows[0]), int(rows[-1]) + 1)
-        out = np.empty((len(rows), *arr.shape[1:]), arr.dtype)  # (n, T, D)
         if len(rows) == 0:
             return out
         order = np.argsort(rows, kind="stable")
@@ -131,13 +140,18 @@ class Cache:
         return out
 
     def _read_span(self, arr, modality, lo: int, hi: int) -> np.ndarray:
-        try:
+        with self._read_errors(modality, f"rows {lo}..{hi - 1}"):
             return arr[lo:hi]
+
+    @contextlib.contextmanager
+    def _read_errors(self, modality: str, rows: str):
+        try:
+            yield
         except Exception as e:
             raise CacheError(
-                f"{self.url}: {modality} features of rows {lo}..{hi - 1} cannot be read ({type(e).__name__}: "
-                f"{e}). Fix: run `egmf-cache verify --repair {self.url}` and re-run egmf-extract to rewrite "
-                "the damaged shards") from None
+                f"{self.url}: {modality} features of {rows} cannot be read ({type(e).__name__}: {e}). Fix: run "
+                f"`egmf-cache verify --repair {self.url}` and re-run egmf-extract to rewrite the damaged shards"
+            ) from None
 
     def _check_modality(self, modality):
         if modality not in self.encoders:

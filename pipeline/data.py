@@ -121,6 +121,11 @@ def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
+def histories(data: SplitData, ctx: np.ndarray) -> list[list[str]]:
+    """Per row of ctx (B, C), the transcripts of its preceding turns that have one, oldest first."""
+    return [[data.texts[j] for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
+
+
 def collate(data: SplitData, index: np.ndarray) -> Batch:
     """Cut rows `index` of a split into a Batch, padded to the longest row of the batch per modality."""
     features, masks, context = {}, {}, {}
@@ -137,23 +142,32 @@ def collate(data: SplitData, index: np.ndarray) -> Batch:
         else:
             context[m] = torch.from_numpy(np.where(ctx[..., None] >= 0, pooled[m][np.maximum(ctx, 0)], 0.0)
                                           .astype(np.float32))  # (B, C, D)
-    history = [[data.texts[j] for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
+    history = histories(data, ctx)
     return Batch(features, masks, context, torch.from_numpy(ctx >= 0),
                  [data.texts[i] for i in index], [data.languages[i] for i in index],
                  torch.full((len(index),), data.task, dtype=torch.long), [data.targets[i] for i in index],
                  torch.from_numpy(data.rows[index]), history)
 
 
+# Rows sorted together by length-bucketed batching: enough for batches of like length, few enough that a batch's
+# rows still come from anywhere in the split (64 batches of 16 = 1,024 rows).
+BUCKET_POOL = 64
+
+
 class BatchStream:
     """Batches over one or more splits (several caches = several tasks), shuffled per epoch when asked.
 
+    With lengths (per split, the tokens each row puts through the LLM), shuffled batches are length-bucketed:
+    each pool of BUCKET_POOL batches' worth of shuffled rows is sorted by length before it is cut, so a batch
+    pads its rows to about their own length instead of the longest of a random draw (MELD text-only: 28% of the
+    LLM's tokens were padding, 1% bucketed). Batches are still shuffled, and every row comes once per epoch.
     With rank/world (DDP), each process takes every world-th batch of the same global order.
     """
 
     def __init__(self, splits: list[SplitData], batch_size: int, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, lengths: list[np.ndarray] | None = None):
         self.splits, self.batch_size, self.shuffle, self.seed = splits, batch_size, shuffle, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.lengths = rank, world, lengths
         self.epoch = 0
 
     def _plan(self) -> list[tuple[int, np.ndarray]]:
@@ -161,6 +175,10 @@ class BatchStream:
         plan = []
         for k, s in enumerate(self.splits):
             order = rng.permutation(len(s)) if self.shuffle else np.arange(len(s))
+            if self.shuffle and self.lengths is not None:
+                pool = self.batch_size * BUCKET_POOL
+                order = np.concatenate([p[np.argsort(self.lengths[k][p], kind="stable")]
+                                        for p in np.split(order, range(pool, len(order), pool))])
             plan += [(k, order[i: i + self.batch_size]) for i in range(0, len(s), self.batch_size)]
         if self.shuffle:
             plan = [plan[i] for i in rng.permutation(len(plan))]

@@ -46,12 +46,13 @@ def test_synthetic_mosei_holds_the_same_features_in_every_format(mosei):
 def test_read_probes_read_the_same_rows_from_every_format(mosei):
     first = {fmt: read_probe(fmt, str(mosei[fmt if fmt != "zarr" else "cache"]), "train", 3)
              for fmt in ("pickle", "npy", "cache", "zarr")}
-    whole = {fmt: read_probe(fmt, str(mosei[fmt]), "train", None) for fmt in ("npy", "cache")}
+    whole = {fmt: read_probe(fmt, str(mosei[fmt if fmt != "copy" else "npy"]), "train", None)
+             for fmt in ("npy", "cache", "copy")}
     float16_row = sum(t * d for t, d in MOSEI.values()) * 2
     assert {r["rows"] for r in first.values()} == {3}
     assert first["npy"]["bytes"] == first["cache"]["bytes"] == first["zarr"]["bytes"] == 3 * float16_row
     assert first["pickle"]["bytes"] == 2 * 3 * float16_row  # float32
-    assert whole["npy"]["bytes"] == whole["cache"]["bytes"] == 5 * float16_row
+    assert whole["npy"]["bytes"] == whole["cache"]["bytes"] == whole["copy"]["bytes"] == 5 * float16_row
     for r in (*first.values(), *whole.values()):
         assert r["seconds"] > 0 and r["peak_rss"] >= r["rss_before"] > 0
 
@@ -111,10 +112,16 @@ def test_cli_quick_storage_benchmark_writes_json_and_table(tmp_path):
     assert report["quick"] is True and report["machine"]["cores"] >= 1 and list(report["benchmarks"]) == ["2"]
     b = report["benchmarks"]["2"]
     m = b["measured"]
-    first, warm, cold, size, memory = b["checks"]
+    first, warm, copy, cold, size, memory = b["checks"]
     assert all(v > 0 for v in m["bytes_on_disk"].values())
     assert first["value"] == pytest.approx(m["first_batch"]["pickle"]["seconds"] / m["first_batch"]["cache"]["seconds"])
     assert warm["value"] == pytest.approx(m["scan"]["npy"]["seconds"] / m["scan"]["cache"]["seconds"])
+    assert copy["value"] == pytest.approx(m["scan"]["copy"]["seconds"] / m["scan"]["cache"]["seconds"])
+    assert copy["target"] is None and m["scan"]["copy"]["bytes"] == m["scan"]["cache"]["bytes"]
+    codecs = m["codecs_per_core"]
+    assert codecs["copy"]["size"] == 1 and "blosc lz4, no shuffle (the store's)" in codecs
+    # every candidate drops the zero padding, so each is smaller than float16; all decode at some rate
+    assert all(0 < c["size"] < 1 and c["decode_mb_per_second"] > 0 for k, c in codecs.items() if k != "copy")
     from_disk = m["scan_from_disk"]
     assert cold["value"] == pytest.approx(from_disk["npy"]["seconds"] / from_disk["cache"]["seconds"])
     assert size["value"] == pytest.approx(m["bytes_on_disk"]["cache"] / m["bytes_on_disk"]["pickle"])
@@ -155,3 +162,30 @@ def test_quick_run_of_all_five_reports_ratios_of_what_it_measured(tmp_path):
     assert 0 <= five["trainer_data_wait_fraction"] < 1
     table = (tmp_path / "README-table.md").read_text()
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + sum(len(r["checks"]) for r in b.values())
+
+
+def test_real_sized_clips_have_the_size_and_tracks_they_claim(tmp_path):
+    import av
+
+    from egmf.pipeline.bench.realsize import ClipSize, write_clip
+
+    write_clip(tmp_path / "c.mp4", 0.4, ClipSize(), np.random.default_rng(0))
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        video, audio = c.streams.video[0], c.streams.audio[0]
+        assert (video.codec_context.name, video.width, video.height, video.average_rate) == ("h264", 1280, 720, 30)
+        assert (audio.codec_context.name, audio.sample_rate, audio.channels) == ("aac", 48000, 2)
+        assert sum(1 for _ in c.decode(video=0)) == 12
+
+
+@pytest.mark.slow
+def test_real_sized_row_extracts_the_generated_clips_and_times_both_epochs(tmp_path):
+    from egmf.pipeline.bench.common import QUICK, Workspace
+    from egmf.pipeline.bench.training import real_sized_epochs
+
+    m = real_sized_epochs(Workspace(tmp_path, QUICK, progress=False))
+    assert m["clips"] == m["media"]["clips"] == QUICK.real_clips and m["steps"] == 1
+    assert 1.0 <= m["media"]["mean_seconds"] <= 1.5 and m["media"]["megabits_per_second"] > 0
+    assert m["speedup"] == pytest.approx(m["media_epoch_seconds"] / m["cache_epoch_seconds"])
+    assert set(m["media_input_seconds"]) == {"decode", "audio", "visual", "text"}
+    assert m["extraction_clips_per_second"] == pytest.approx(QUICK.real_clips / m["extraction_seconds"])
+    assert Cache.open(tmp_path / "real-sized-cache").split_counts() == {"train": QUICK.real_clips}

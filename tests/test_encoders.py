@@ -193,6 +193,15 @@ def test_presets():
     assert load_preset("offline").encoders("zh")["text"].model == MINILM
 
 
+def test_the_hub_sized_preset_runs_the_hub_presets_english_encoders_with_random_weights():
+    hub, sized = load_preset("hub").encoders("en"), load_preset("hub-sized").encoders("en")
+    assert set(hub) == set(sized)
+    for m in hub:
+        params = {k: v for k, v in hub[m].params.items() if k != "pretrained"}  # weights, not architecture
+        assert (sized[m].family, sized[m].max_steps, sized[m].params) == (hub[m].family, hub[m].max_steps, params)
+        assert sized[m].model.startswith("random:")
+
+
 def test_bad_preset_files_name_the_file(tmp_path):
     bad = tmp_path / "mine.json"
     bad.write_text('{"encoders": {"audio": {"family": "speech_ssl", "model": "x"}}}')

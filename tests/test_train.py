@@ -429,3 +429,35 @@ def test_the_auxiliary_head_and_the_fusion_rate_are_trained_and_recorded(class_c
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == [5e-3, 1e-3]
     assert any(k.startswith("heads.") for k in checkpoint["model"]) and summary["steps"] > 0
+def test_length_bucketed_batches_hold_every_row_once_with_less_padding():
+    from egmf.pipeline.data import BUCKET_POOL, BatchStream
+    n = 600  # several pools of 2-row batches; a plan needs only each split's length
+    lengths = np.random.default_rng(0).integers(20, 120, n)
+    rows = np.arange(n)
+    plan_bucketed = BatchStream([rows], 2, shuffle=True, lengths=[lengths])._plan()
+    plan_random = BatchStream([rows], 2, shuffle=True)._plan()
+    for plan in (plan_bucketed, plan_random):
+        assert sorted(np.concatenate([b for _, b in plan]).tolist()) == list(range(n))
+    padded = {name: sum(len(b) * lengths[b].max() for _, b in plan)
+              for name, plan in (("bucketed", plan_bucketed), ("random", plan_random))}
+    assert padded["bucketed"] < 0.85 * padded["random"]
+    # still shuffled: consecutive batches are not in length order, and a pool's rows span the split
+    firsts = [lengths[b].max() for _, b in plan_bucketed[:20]]
+    assert firsts != sorted(firsts) and BUCKET_POOL * 2 < n
+
+
+def test_bucketing_counts_the_tokens_the_model_puts_through_its_llm(class_cache, tmp_path):
+    from egmf.pipeline.data import BatchStream, load_split, task_of
+    from egmf.pipeline.model import EGMF
+    from egmf.pipeline.presets import model_config
+    from egmf.pipeline.train import llm_tokens
+    cache = Cache.open(class_cache)
+    task = task_of(cache)
+    data = load_split(cache, "train", ["text"], task, 0, context_turns=2)
+    model = EGMF(model_config("tiny", {"text": cache.encoders["text"].dim}, [task], max_history_tokens=12))
+    batch = next(iter(BatchStream([data], len(data), shuffle=False)))
+    answers = [model.prompter.answer_ids(0, lang)[y] for lang, y in zip(batch.languages, batch.targets)]
+    expected = [len(p) + len(a) for p, a in zip(model._prompts(batch), answers)]
+    assert llm_tokens(model, data).tolist() == expected and len(set(expected)) > 1
+    summary = _train(class_cache, tmp_path / "run", epochs=1, bucket_by_length=True)
+    assert summary["steps"] == len(BatchStream([data], 8, shuffle=True))

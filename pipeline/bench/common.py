@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from multiprocessing import get_context
 from pathlib import Path
 
+from .realsize import ClipSize
+
 MB = 1 << 20
 
 
@@ -29,10 +31,14 @@ class Sizes:
     repeats: int  # timed runs of benchmarks 2 and 3; the fastest counts, since the machine may be shared
     batch_size: int = 8  # training batch: TrainConfig's default
     first_batch: int = 32  # benchmark 2: rows of the first batch
+    real_encoders: str = "hub-sized"  # benchmark 1's second row: the hub preset's architectures, random weights
+    real_clips: int = 16  # ... on this many clips of real size (two batches: affordable on 2 cores)
+    real_clip: ClipSize = ClipSize()  # 1280x720, 30 fps, 3-8 s, 48 kHz stereo
 
 
 FULL = Sizes("offline", "tiny", 280, 100, (100, 1000), {"train": 16326, "valid": 1871, "test": 4659}, 2)
-QUICK = Sizes("tiny", "tiny", 28, 14, (14, 28), {"train": 96, "valid": 16, "test": 16}, 1)
+QUICK = Sizes("tiny", "tiny", 28, 14, (14, 28), {"train": 96, "valid": 16, "test": 16}, 1, real_encoders="tiny",
+              real_clips=3, real_clip=ClipSize(320, 180, 10, 16000, 2, 1.0, 1.5))
 
 
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
@@ -129,11 +135,12 @@ class Workspace:
                              limit=limit, progress=False,
                              dataset_options={"n_clips": n_clips, "seed": self.seed, "progress": False})
 
-    def encoders(self, corpus) -> dict:
-        """The preset's encoders, loaded once per process and shared with egmf-extract's own runs."""
+    def encoders(self, corpus, preset: str | None = None) -> dict:
+        """The preset's encoders (default: the run's), loaded once per process and shared with egmf-extract's
+        own runs."""
         from ...extract.api import main_language, preset_encoders
 
-        return preset_encoders(self.sizes.encoders, main_language(corpus))
+        return preset_encoders(preset or self.sizes.encoders, main_language(corpus))
 
     def demo_cache(self) -> str:
         from ...extract.api import extract
