@@ -7,7 +7,7 @@ import typer
 
 from ..cache.schema import MODALITIES, CacheError
 from . import datasets
-from .models import quiet_loaders
+from ..weights import quiet_loaders
 from .records import DatasetError
 from .run import EXIT_FAILED, ExtractConfig, extract
 

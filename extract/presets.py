@@ -4,7 +4,7 @@ A preset file:
   {"description": "...",
    "encoders":  {"audio": ENTRY, "visual": ENTRY, "text": ENTRY},     used for every language
    "languages": {"zh": {"audio": ENTRY, ...}}}                        optional per-language replacements
-  ENTRY = {"family": "speech_ssl" | "clip" | "text", "model": a model reference (egmf.extract.models),
+  ENTRY = {"family": "speech_ssl" | "clip" | "text", "model": a model reference (egmf.weights),
            "max_steps": int, "params": {...}, "why": "why this model"}
 Shipped: hub (the real defaults, English and Chinese), offline (real packaged text weights, small random audio
 and CLIP models), tiny (all small random models, for tests). A path to a JSON file works as a preset name too.

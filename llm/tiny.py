@@ -1,4 +1,5 @@
-"""A tiny randomly initialised causal LM with its own byte-level tokenizer, saved like any hub model.
+"""A tiny randomly initialised causal LM with its own byte-level tokenizer, saved like any hub model
+("random:llama-tiny").
 
 For tests and smoke runs: it goes through the same loading, LoRA, prompt and decoding code as a real LLM,
 but a training step takes milliseconds. Its answers mean nothing until it is trained.
@@ -11,6 +12,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from ..weights import RandomModel
 from .prompts import TEMPLATES, score_strings
 
 # Words the merges are learnt from: the prompt templates, common label names, every score string. Any other
@@ -45,3 +47,11 @@ def save_tiny_lm(directory, hidden: int = 64, layers: int = 2, vocab: int = 400,
                          initializer_range=hidden ** -0.5)
     LlamaForCausalLM(config).save_pretrained(directory)
     return directory
+
+
+def _build(recipe: dict, out: Path) -> None:
+    save_tiny_lm(out, recipe["hidden"], recipe["layers"], recipe["vocab"])
+
+
+# "random:llama-tiny": the tiny LM as a portable reference, built once under $EGMF_HOME/models (egmf.weights).
+RANDOM_LMS = {"llama-tiny": RandomModel({"kind": "llama", "hidden": 64, "layers": 2, "vocab": 400}, _build)}

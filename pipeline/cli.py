@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..cache.schema import CacheError
-from ..extract.models import quiet_loaders
+from ..weights import quiet_loaders
 from .metrics import format_table, scalar_metrics
 
 quiet_loaders()

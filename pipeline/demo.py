@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ..extract.models import quiet_loaders
+from ..weights import quiet_loaders
 from ..extract.run import ExtractConfig, extract
 from .metrics import format_table, scalar_metrics
 from .train import TrainConfig, Trainer, evaluate_run

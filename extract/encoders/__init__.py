@@ -37,7 +37,7 @@ class EncoderConfig:
 
     modality: str  # "audio" | "visual" | "text"
     family: str  # a key of FAMILIES
-    model: str  # model reference (egmf.extract.models): hub id, directory, "package:...", "random:..."
+    model: str  # model reference (egmf.weights): hub id, path, "package:...", "chunks:...", "random:..."
     max_steps: int  # T: longer feature sequences are pooled down to this many steps
     params: dict = field(default_factory=dict)  # family options, all recorded in the EncoderSpec
     why: str = ""  # why the preset chose this model (documentation only)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import EncoderConfig, autocast, encode_present, make_spec
-from ...cache.schema import file_sha256
-from ..models import resolve, weights_identity
+from ...weights import file_sha256, weights_identity
+from ..random_models import encoder_source
 
 DEFAULT_FPS = 2  # frames per second the media decoder samples, when a preset does not say
 DEFAULT_MAX_FRAMES = 32  # cap per clip: longer clips are sampled more sparsely
@@ -58,9 +58,12 @@ class CLIPImageEncoder:
         if config.model in open_clip.list_models():
             raise ValueError(f"open_clip architecture {config.model!r} needs params.pretrained, one of "
                              f"{open_clip.list_pretrained_tags_by_model(config.model)}; fix the preset")
-        source = resolve(config.model)
+        source = encoder_source(config.model)
         if source.path is not None:
-            return f"local-dir:{source.path}", None, weights_identity(source)
+            return f"local-dir:{source.directory(config.model)}", None, weights_identity(source)
+        if source.revision:
+            raise ValueError(f"{config.model!r}: open_clip loads a hub model at its default branch, not at a "
+                             f"pinned revision. Fix: download that revision and give its directory")
         from huggingface_hub import hf_hub_download
 
         # Fetched now so that its revision can be read from the hub cache (create_model then finds it there).

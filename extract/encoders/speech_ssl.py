@@ -16,17 +16,19 @@ import torch
 from transformers import AutoFeatureExtractor, AutoModel
 
 from . import EncoderConfig, autocast, encode_present, make_spec
-from ..models import resolve, weights_identity
+from ...weights import weights_identity
+from ..random_models import encoder_source
 
 MEAN_LAST = "mean_last_"
 
 
 class SpeechSSLEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = resolve(config.model)
+        source = encoder_source(config.model)
+        location, options = source.directory(config.model), source.load_options
         self.config, self.device = config, device
-        self.extractor = AutoFeatureExtractor.from_pretrained(source.location)
-        self.model = AutoModel.from_pretrained(source.location).eval().to(device)
+        self.extractor = AutoFeatureExtractor.from_pretrained(location, **options)
+        self.model = AutoModel.from_pretrained(location, **options).eval().to(device)
         self.sample_rate = self.extractor.sampling_rate
         if config.params.get("sample_rate", self.sample_rate) != self.sample_rate:
             raise ValueError(f"{config.model}: the preset says sample_rate {config.params['sample_rate']} but the "

@@ -11,7 +11,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from . import EncoderConfig, autocast, encode_present, make_spec
-from ..models import resolve, weights_identity
+from ...weights import weights_identity
+from ..random_models import encoder_source
 
 
 class TextEncoder:
@@ -24,9 +25,10 @@ class TextEncoder:
         self.spec = make_spec(config, weights, self.model.config.hidden_size, max_tokens=self.max_tokens)
 
     def _load(self, config: EncoderConfig):
-        """(tokenizer, model, weights identity) of the reference; other formats override this."""
-        source = resolve(config.model)
-        return (AutoTokenizer.from_pretrained(source.location), AutoModel.from_pretrained(source.location),
+        """(tokenizer, model, weights identity) of the reference; families of other file formats override this."""
+        source = encoder_source(config.model)
+        location, options = source.directory(config.model), source.load_options
+        return (AutoTokenizer.from_pretrained(location, **options), AutoModel.from_pretrained(location, **options),
                 weights_identity(source))
 
     @torch.inference_mode()

