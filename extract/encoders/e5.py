@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from transformers.initialization import no_init_weights
 
 from . import EncoderConfig
 from .text import TextEncoder
@@ -116,7 +117,8 @@ def bert_from_e5(sizes: dict, tensors: dict[str, np.ndarray]) -> BertModel:
             weight_shape = (h,) if "LayerNorm" in ours else (rows, -1)
             names[f"encoder.layer.{i}.{ours}.weight"] = (f"l{i}.{theirs}.w", weight_shape)
             names[f"encoder.layer.{i}.{ours}.bias"] = (f"l{i}.{theirs}.b", (rows if theirs == "fi" else h,))
-    model = BertModel(config, add_pooling_layer=False)
+    with no_init_weights():  # every weight is overwritten below: skip the random init of 96M embedding values
+        model = BertModel(config, add_pooling_layer=False)
     state = {k: torch.from_numpy(tensors[name].reshape(shape)) for k, (name, shape) in names.items()}
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.initialization import no_init_weights
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from . import EncoderConfig, autocast, encode_present, make_spec
@@ -111,7 +112,8 @@ def encoder_from_ct2(tensors: dict[str, np.ndarray]) -> WhisperEncoder:
                  "final_layer_norm.weight": ct2["ffn/layer_norm/gamma"],
                  "final_layer_norm.bias": ct2["ffn/layer_norm/beta"]}
         state.update({f"layers.{i}.{k}": v for k, v in names.items()})
-    encoder = WhisperEncoder(config)
+    with no_init_weights():  # every weight is overwritten below (strict load)
+        encoder = WhisperEncoder(config)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
 
