@@ -27,7 +27,8 @@ from ...weights import pick_device
 
 # family (= module in this package) -> its encoder class
 FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",
-            "text": "TextEncoder"}
+            "text": "TextEncoder", "whisper": "WhisperAudioEncoder",
+            "e5": "E5TextEncoder"}
 POOLING = "adaptive_avg"  # recorded in every EncoderSpec: how sequences longer than max_steps were shortened
 
 

@@ -17,15 +17,19 @@ from ..random_models import encoder_source
 
 class TextEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = encoder_source(config.model)
-        location, options = source.directory(config.model), source.load_options
         self.config, self.device = config, device
-        self.tokenizer = AutoTokenizer.from_pretrained(location, **options)
-        self.model = AutoModel.from_pretrained(location, **options).eval().to(device)
+        self.tokenizer, model, weights = self._load(config)
+        self.model = model.eval().to(device)
         limits = [self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None)]
         self.max_tokens = min(n for n in limits if n)
-        self.spec = make_spec(config, weights_identity(source), self.model.config.hidden_size,
-                              max_tokens=self.max_tokens)
+        self.spec = make_spec(config, weights, self.model.config.hidden_size, max_tokens=self.max_tokens)
+
+    def _load(self, config: EncoderConfig):
+        """(tokenizer, model, weights identity) of the reference; families of other file formats override this."""
+        source = encoder_source(config.model)
+        location, options = source.directory(config.model), source.load_options
+        return (AutoTokenizer.from_pretrained(location, **options), AutoModel.from_pretrained(location, **options),
+                weights_identity(source))
 
     @torch.inference_mode()
     def encode(self, batch: list[str | None]) -> list[np.ndarray | None]:
