@@ -12,10 +12,12 @@ bench_app = typer.Typer(add_completion=False)
 
 
 @bench_app.command(help="Measure what the feature cache buys on this machine: stage two from the cache vs from "
-                        "raw media (1), the cache vs an MMSA pickle and .npy (2), extraction speed (3) and memory "
-                        "(4) vs a naive loop, and the training input pipeline (5). Writes OUT/bench.json and "
-                        "regenerates the benchmark table in the README. The full run takes about 20 minutes on "
-                        "2 cores and needs ~25 GiB of scratch disk and ~10 GiB of RAM for benchmark 2.")
+                        "raw media, on demo clips and on real-sized clips with the hub preset's architectures (1), "
+                        "the cache vs an MMSA pickle and .npy (2), extraction speed (3) and memory (4) vs a naive "
+                        "loop, and the training input pipeline (5). Writes OUT/bench.json and regenerates the "
+                        "benchmark table in the README. The full run takes about 30 minutes on 2 quiet cores and "
+                        "needs ~25 GiB of scratch disk, ~10 GiB of RAM for benchmark 2, and ~2.4 GiB under "
+                        "$EGMF_HOME for benchmark 1's random hub-sized encoders.")
 def main(
     out: Path = typer.Option(Path("bench-results"), help="Folder for bench.json and README-table.md"),
     only: str = typer.Option(None, help="Comma-separated benchmark numbers, e.g. 1,3 (default: all five)"),
