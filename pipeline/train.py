@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +129,30 @@ def llm_tokens(model: EGMF, data: SplitData) -> np.ndarray:
 
 
 @dataclass
+class Progress:
+    """How far training has come: all a checkpoint needs besides the weights, optimiser, schedule and RNG states
+    (saved as a plain dict, so a weights-only load reads it)."""
+
+    step: int = 0
+    epoch: int = 0  # finished epochs
+    history: list = field(default_factory=list)  # one record per evaluated epoch
+    best: float = -math.inf  # the best finished epoch's dev score
+    bad_epochs: int = 0  # finished epochs since the best one (early stopping)
+    # The running epoch's losses per step, so that an epoch resumed half-way reports the means over all its steps.
+    epoch_losses: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Progress":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
 class _Fit:
-    """What one Trainer.fit works with, across its epochs."""
+    """What one Trainer.fit works with, across its epochs: the model and its optimiser, the data, and how far it
+    has come."""
 
     model: EGMF
     wrapped: torch.nn.Module  # the model, inside DDP under torchrun
@@ -140,8 +162,12 @@ class _Fit:
     steps_per_epoch: int
     total: float  # the step to stop at: --max-steps, or the end of the last epoch
     bar: tqdm
+    progress: Progress
     data_wait: float = 0.0  # seconds waiting for batches,
     step_time: float = 0.0  # within whole steps
+
+    def checkpoint(self, run: RunFolder) -> None:
+        run.save_checkpoint(self.model, self.opt, self.sched, self.progress.to_dict())
 
 
 class Trainer:
@@ -184,33 +210,35 @@ class Trainer:
                                 weight_decay=cfg.weight_decay)
         sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total), int(total))
         wrapped = self._wrap(model)
-        fresh = {"step": 0, "epoch": 0, "history": [], "best": -math.inf, "bad_epochs": 0}
-        state = self.run.resume(model, opt, sched, like=fresh) or fresh
+        fresh = Progress().to_dict()
+        del fresh["epoch_losses"]  # a checkpoint taken between epochs may have none
+        saved = self.run.resume(model, opt, sched, like=fresh)
+        state = Progress.from_dict(saved) if saved else Progress()
         if self.rank == 0:
             self.run.write_config(cfg, model.config, self.caches, self.tasks, self.modalities)
-        bar = tqdm(total=int(total), initial=state["step"], desc="train", unit="step",
+        bar = tqdm(total=int(total), initial=state.step, desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
-        f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar)
+        f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar, state)
         t0 = time.perf_counter()
-        while state["epoch"] < cfg.epochs and state["step"] < total and state["bad_epochs"] < cfg.patience:
-            finished = self._train_epoch(f, state)
-            self._end_epoch(f, dev, state, finished)
+        while state.epoch < cfg.epochs and state.step < total and state.bad_epochs < cfg.patience:
+            finished = self._train_epoch(f)
+            self._end_epoch(f, dev, finished)
             if self.rank == 0:
-                self.run.save_checkpoint(model, opt, sched, state)
+                f.checkpoint(self.run)
             if not finished:
                 break
         bar.close()
         # The best finished epoch; a run stopped by --max-steps inside its first epoch has only that record.
-        best = max([h for h in state["history"] if h.get("finished", True)] or state["history"],
+        best = max([h for h in state.history if h.get("finished", True)] or state.history,
                    key=lambda h: h["dev_score"])
-        summary = {"steps": state["step"], "epochs": len(state["history"]), "best_epoch": best["epoch"],
+        summary = {"steps": state.step, "epochs": len(state.history), "best_epoch": best["epoch"],
                    "best_dev_score": best["dev_score"],
                    "best_dev": {t: scalar_metrics(m) for t, m in best["dev"].items()},
                    "seconds": time.perf_counter() - t0, "data_wait_fraction": f.data_wait / max(f.step_time, 1e-9),
                    "trainable_parameters": model.trainable_parameters()}
         if self.rank == 0:
-            self.run.write_history(state["history"], summary)
-            self._plot_history(state["history"])
+            self.run.write_history(state.history, summary)
+            self._plot_history(state.history)
         if self.world > 1:
             dist.barrier()
         return summary
@@ -221,16 +249,15 @@ class Trainer:
         return torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def _train_epoch(self, f: _Fit, state: dict) -> bool:
-        """The steps of epoch state["epoch"] not done yet, up to f.total; True when the epoch is finished."""
-        cfg = self.cfg
-        f.stream.epoch = state["epoch"]
-        skip = state["step"] - state["epoch"] * f.steps_per_epoch  # batches done before a resume
+    def _train_epoch(self, f: _Fit) -> bool:
+        """The steps of epoch f.progress.epoch not done yet, up to f.total; True when the epoch is finished."""
+        cfg, state = self.cfg, f.progress
+        f.stream.epoch = state.epoch
+        skip = state.step - state.epoch * f.steps_per_epoch  # batches done before a resume
         if skip == 0:
-            state["epoch_losses"] = {"loss": [], "lm": [], "aux": [], "head": []}
-        # In the checkpointed state, so that an epoch resumed half-way reports the means over all its steps.
+            state.epoch_losses = {}
         # setdefault: a checkpoint from before the auxiliary head has no "head" list
-        losses, lm, aux, head = (state["epoch_losses"].setdefault(k, []) for k in ("loss", "lm", "aux", "head"))
+        losses, lm, aux, head = (state.epoch_losses.setdefault(k, []) for k in ("loss", "lm", "aux", "head"))
         params = [p for p in f.model.parameters() if p.requires_grad]
         f.model.train()
         tick = time.perf_counter()
@@ -252,7 +279,7 @@ class Trainer:
                 self._diverged("gradient norm", norm, state)
             f.opt.step()
             f.sched.step()
-            state["step"] += 1
+            state.step += 1
             losses.append(out.loss.item())
             lm.append(out.lm_loss.item())
             aux.append(out.aux_loss.item())
@@ -260,18 +287,18 @@ class Trainer:
             f.bar.update(1)
             f.bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             f.step_time += time.perf_counter() - tick
-            epoch_ends = state["step"] >= min(f.total, (state["epoch"] + 1) * f.steps_per_epoch)
+            epoch_ends = state.step >= min(f.total, (state.epoch + 1) * f.steps_per_epoch)
             # Not at an epoch's last step: its checkpoint follows the dev evaluation, and one taken here would
             # resume into an epoch with no step left to run and no record of it.
-            if (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and self.rank == 0
+            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and self.rank == 0
                     and not epoch_ends):
-                self.run.save_checkpoint(f.model, f.opt, f.sched, state)
-            if state["step"] >= f.total:
+                f.checkpoint(self.run)
+            if state.step >= f.total:
                 break
             tick = time.perf_counter()
-        return state["step"] >= (state["epoch"] + 1) * f.steps_per_epoch
+        return state.step >= (state.epoch + 1) * f.steps_per_epoch
 
-    def _end_epoch(self, f: _Fit, dev, state: dict, finished: bool) -> None:
+    def _end_epoch(self, f: _Fit, dev, finished: bool) -> None:
         """Evaluate on dev, record the epoch and keep the best model.
 
         Only finished epochs move the best score and early stopping. An epoch cut short by --max-steps is
@@ -279,29 +306,30 @@ class Trainer:
         and the same epoch, resumed and finished, replaces its record.
         """
         mean = lambda values: float(np.mean(values)) if values else None
-        losses = state["epoch_losses"]
-        record = {"epoch": state["epoch"] + 1, "step": state["step"], "finished": finished,
+        state = f.progress
+        losses = state.epoch_losses
+        record = {"epoch": state.epoch + 1, "step": state.step, "finished": finished,
                   "train_loss": mean(losses["loss"]), "train_lm_loss": mean(losses["lm"]),
                   "train_aux_loss": mean(losses["aux"]), "train_head_loss": mean(losses.get("head", []))}
         record.update(self._evaluate(f.model, dev, "dev"))
         record["dev_score"] = float(np.mean([primary_score(t, record["dev"][t.name]) for t in self.tasks]))
-        state["history"] = [h for h in state["history"] if h["epoch"] != record["epoch"]] + [record]
+        state.history = [h for h in state.history if h["epoch"] != record["epoch"]] + [record]
         if self.rank == 0:
             f.bar.write(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}; dev "
                         + "; ".join(f"{t.name} {headline(t, record['dev'][t.name])}" for t in self.tasks))
         if finished:
-            state["epoch"] += 1
-            better = record["dev_score"] > state["best"]
-            state["best"] = max(state["best"], record["dev_score"])
-            state["bad_epochs"] = 0 if better else state["bad_epochs"] + 1
+            state.epoch += 1
+            better = record["dev_score"] > state.best
+            state.best = max(state.best, record["dev_score"])
+            state.bad_epochs = 0 if better else state.bad_epochs + 1
         else:
-            better = state["best"] == -math.inf  # no finished epoch has saved a model yet
+            better = state.best == -math.inf  # no finished epoch has saved a model yet
         if better and self.rank == 0:
             self.run.save_model(f.model)
 
-    def _diverged(self, what: str, value: torch.Tensor, state: dict):
+    def _diverged(self, what: str, value: torch.Tensor, state: Progress):
         raise FloatingPointError(
-            f"{what} became {value.item()} at step {state['step']} (epoch {state['epoch'] + 1}); the run stops here "
+            f"{what} became {value.item()} at step {state.step} (epoch {state.epoch + 1}); the run stops here "
             f"before the weights take it, the last good checkpoint stays in {self.run.path}. Fix: lower --lr "
             f"(now {self.cfg.lr}) or check the cache with `egmf-cache verify`")
 

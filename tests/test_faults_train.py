@@ -38,9 +38,9 @@ KILLS = {
         "c55", 2, [returned("torch:save", match="checkpoint.pt.tmp", nth=2, torn="half")]),
     # 50 steps per epoch: the step checkpoint would fall on the epoch's last step, before its evaluation
     "evaluating an epoch of exactly checkpoint_every steps": (
-        "c50", 1, [call("egmf.pipeline.train:predict_split")]),
+        "c50", 1, [call("egmf.pipeline.evaluate:predict_split")]),
     "twice: mid-epoch, then in the resumed epoch's evaluation": (
-        "c55", 2, [returned("torch.optim:AdamW.step", nth=52), call("egmf.pipeline.train:predict_split")]),
+        "c55", 2, [returned("torch.optim:AdamW.step", nth=52), call("egmf.pipeline.evaluate:predict_split")]),
 }
 
 
