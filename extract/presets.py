@@ -6,9 +6,10 @@ A preset file:
    "languages": {"zh": {"audio": ENTRY, ...}}}                        optional per-language replacements
   ENTRY = {"family": "speech_ssl" | "clip" | "text", "model": a model reference (egmf.weights),
            "max_steps": int, "params": {...}, "why": "why this model"}
-Shipped: hub (the real defaults, English and Chinese), offline (real packaged text weights, small random audio
-and CLIP models), tiny (all small random models, for tests), hub-sized (the hub preset's English
-architectures at full size with random weights, for benchmarks). A path to a JSON file works as a preset name too.
+Shipped: hub (the real defaults, English and Chinese), offline (real packaged speech and text weights, a small
+random CLIP), offline-v1 (the earlier offline preset: log-mel, random CLIP, MiniLM; reproduces the README's older
+results), tiny (all small random models, for tests), hub-sized (the hub preset's English architectures at full
+size with random weights, for benchmarks). A path to a JSON file works as a preset name too.
 """
 from __future__ import annotations
 
