@@ -2,7 +2,7 @@
 
 Pure torch: it knows nothing of caches or LLMs beyond the sizes it is given.
 """
-from .config import FusionConfig
-from .network import EXPERTS, FusionNetwork, FusionOutput
+from .config import EXPERTS, FusionConfig
+from .network import FusionNetwork, FusionOutput
 
 __all__ = ["EXPERTS", "FusionConfig", "FusionNetwork", "FusionOutput"]

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+EXPERTS = ("local", "correlation", "context")  # the order of expert_weights and modality_gates
+
+
 @dataclass
 class FusionConfig:
     d_model: int = 128  # width of every expert: the frozen encoders already did the heavy lifting
@@ -14,9 +17,17 @@ class FusionConfig:
     n_tokens: int = 4  # K pseudo tokens spliced into the prompt; each one costs an LLM position
     dropout: float = 0.1
     balance_weight: float = 0.01  # weight of the expert-gate load-balance loss added to the LM loss
+    # Ablations (egmf-train --ablate): the experts the network has, and gates fixed at uniform weights.
+    experts: tuple[str, ...] = EXPERTS
+    uniform_gates: bool = False
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
             raise ValueError(f"FusionConfig: d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
+        self.experts = tuple(self.experts)
+        if not self.experts or any(e not in EXPERTS for e in self.experts) or len(set(self.experts)) < len(self.experts):
+            raise ValueError(f"FusionConfig: experts {list(self.experts)} must be distinct names among {list(EXPERTS)}")
+        if self.n_tokens < 0:
+            raise ValueError(f"FusionConfig: n_tokens {self.n_tokens} must be at least 0 (0 = no pseudo tokens)")
         if self.local_kernel % 2 == 0:
             raise ValueError(f"FusionConfig: local_kernel must be odd (got {self.local_kernel}) to keep steps aligned")

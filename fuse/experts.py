@@ -21,11 +21,13 @@ def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class _GatedExpert(nn.Module):
-    """Scores its modality gate from the pooled inputs and hands the weights to transform()."""
+    """Scores its modality gate from the pooled inputs and hands the weights to transform(); with uniform set (an
+    ablation), every present modality gets the same weight."""
 
     def __init__(self, d_model: int):
         super().__init__()
         self.gate = ModalityGate(d_model)
+        self.uniform = False
 
     def forward(self, tokens: list[torch.Tensor], masks: list[torch.Tensor], **context
                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -33,6 +35,8 @@ class _GatedExpert(nn.Module):
         pooled = torch.stack([masked_mean(t, m) for t, m in zip(tokens, masks)], 1)  # (B, M, d)
         present = torch.stack([m.any(-1) for m in masks], 1)  # (B, M)
         weights = self.gate(pooled, present)
+        if self.uniform:
+            weights = present.to(weights.dtype) / present.sum(-1, keepdim=True).clamp(min=1).to(weights.dtype)
         outputs = self.transform(tokens, masks, weights, **context)
         return [_masked(out, mask) for out, mask in zip(outputs, masks)], weights
 

@@ -10,20 +10,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import FusionConfig
+from .config import EXPERTS, FusionConfig
 from .experts import ContextExpert, CorrelationExpert, LocalExpert
 from .gating import ExpertGate, balance_loss, modality_bias, token_modality
 from .layers import FeedForward, MaskedAttention, masked_mean
 from .projection import ModalityProjection
 
-EXPERTS = ("local", "correlation", "context")  # the order of expert_weights and modality_gates
-
 
 @dataclass
 class FusionOutput:
     tokens: torch.Tensor  # (B, K, H): pseudo tokens for the LLM's inputs_embeds
-    expert_weights: torch.Tensor  # (B, 3): the expert gate, in EXPERTS order
-    modality_gates: torch.Tensor  # (B, 3, M): each expert's modality gate (0 for a missing modality)
+    expert_weights: torch.Tensor  # (B, 3): the expert gate, in EXPERTS order (0 for an expert the network lacks)
+    modality_gates: torch.Tensor  # (B, 3, M): each expert's modality gate (0 for a missing modality or expert)
     modality_weights: torch.Tensor  # (B, M): the share of each modality in the pseudo tokens, sum_e expert_e * gate_e
     aux_loss: torch.Tensor  # (): load-balance loss of the expert gate, already weighted by balance_weight
 
@@ -61,11 +59,13 @@ class FusionNetwork(nn.Module):
         c = config
         self.config, self.modalities = c, list(modality_dims)
         self.projection = ModalityProjection(modality_dims, c.d_model, c.dropout)
-        self.experts = nn.ModuleList([
-            LocalExpert(self.modalities, c.d_model, c.local_kernel, c.local_layers, c.dropout),
-            CorrelationExpert(self.modalities, c.d_model, c.n_heads, c.dropout),
-            ContextExpert(c.d_model, c.n_heads, c.context_layers, c.dropout),
-        ])
+        build = {"local": lambda: LocalExpert(self.modalities, c.d_model, c.local_kernel, c.local_layers, c.dropout),
+                 "correlation": lambda: CorrelationExpert(self.modalities, c.d_model, c.n_heads, c.dropout),
+                 "context": lambda: ContextExpert(c.d_model, c.n_heads, c.context_layers, c.dropout)}
+        self.kept = [i for i, e in enumerate(EXPERTS) if e in c.experts]  # positions in EXPERTS, in that order
+        self.experts = nn.ModuleList([build[EXPERTS[i]]() for i in self.kept])
+        for expert in self.experts:
+            expert.uniform = c.uniform_gates
         self.expert_gate = ExpertGate(c.d_model, len(self.experts), n_tasks, c.dropout)
         self.fused_norm = nn.LayerNorm(c.d_model)
         self.pooler = TokenPooler(c.d_model, c.n_heads, c.n_tokens, out_dim, out_scale, c.dropout)
@@ -88,6 +88,8 @@ class FusionNetwork(nn.Module):
         turn_tokens, turn_masks = turns.chunk(len(tokens), 1), turn_mask.chunk(len(tokens), 1)
         turn_pooled = (kept * torch.stack([masked_mean(t, m) for t, m in zip(turn_tokens, turn_masks)], 1)).sum(1)
         weights = self.expert_gate(utterance, turn_pooled, task)  # (B, E)
+        if self.config.uniform_gates:
+            weights = torch.full_like(weights, 1 / weights.shape[1])
 
         # Modality m's tokens are each expert's tokens of m, mixed by expert weight x that expert's gate on m; the
         # mixture is normalised (a LayerNorm follows), and how much of m the pseudo tokens see is its total share.
@@ -99,10 +101,11 @@ class FusionNetwork(nn.Module):
         mask = torch.cat(mask_list, 1)  # (B, N)
         key_mask, key_bias = modality_bias(modality_weights, token_modality([t.shape[1] for t in tokens],
                                                                              mask.device), mask)
+        every = torch.zeros(weights.shape[0], len(EXPERTS), *gates.shape[2:], dtype=gates.dtype, device=gates.device)
         return FusionOutput(
             tokens=self.pooler(self.fused_norm(fused), key_mask, self.expert_gate.task_embedding(task), key_bias),
-            expert_weights=weights,
-            modality_gates=gates,
+            expert_weights=every[..., 0].index_copy(1, torch.tensor(self.kept, device=weights.device), weights),
+            modality_gates=every.index_copy(1, torch.tensor(self.kept, device=gates.device), gates),
             modality_weights=modality_weights,
             aux_loss=self.config.balance_weight * balance_loss(weights),
         )

@@ -31,6 +31,17 @@ def _fail(e: Exception):
     raise typer.Exit(1) from None
 
 
+# What each --ablate removes from the model, as model settings (recorded in the run's config like any other).
+ABLATIONS = {
+    # no pseudo tokens: the LLM reads the prompt alone (and the auxiliary head, which reads the tokens, goes too)
+    "no-tokens": {"fusion": {"n_tokens": 0}, "head_weight": 0.0},
+    "no-local": {"fusion": {"experts": ["correlation", "context"]}},
+    "no-correlation": {"fusion": {"experts": ["local", "context"]}},
+    "no-context": {"fusion": {"experts": ["local", "correlation"]}},
+    "uniform-gates": {"fusion": {"uniform_gates": True}},  # every expert and present modality weighed the same
+}
+
+
 def _seeds(seed: int, seeds: str | None) -> list[int]:
     return [int(s) for s in seeds.split(",")] if seeds else [seed]
 
@@ -58,6 +69,7 @@ def train(
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
+    ablate: str = typer.Option(None, help=f"Train without one part of the model: {', '.join(ABLATIONS)}"),
     batch_size: int = typer.Option(TrainConfig.batch_size),
     bucket_by_length: bool = typer.Option(TrainConfig.bucket_by_length, help="Batch rows of like prompt length "
                                           "together: less padding, faster steps (MELD text-only: 28% of the LLM's "
@@ -74,6 +86,10 @@ def train(
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "context_turns": context_turns,
                      "max_history_tokens": history_tokens, "head_weight": head_weight}
+    if ablate is not None and ablate not in ABLATIONS:
+        _fail(ValueError(f"--ablate {ablate}: unknown. Fix: choose one of {', '.join(ABLATIONS)}"))
+    if ablate is not None:
+        model_options = {**model_options, **ABLATIONS[ablate]}
     try:
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,

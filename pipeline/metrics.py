@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from ..cache.schema import LabelSpec
-from ..fuse.network import EXPERTS  # the order of the expert gate's columns
+from ..fuse import EXPERTS  # the order of the expert gate's columns
 
 CONVENTIONS = ("classification", "mosei", "sims", "score")
 SCORE_CONVENTIONS = {(-3.0, 3.0): "mosei", (-1.0, 1.0): "sims"}  # label range -> convention; others: "score"

@@ -59,13 +59,18 @@ class ModelConfig:
     # Weight of an auxiliary head's loss (a linear classifier, or regressor, on the mean pseudo token) added to the
     # LM loss; 0 = none. It gives the fusion a direct gradient from the label while the LLM still learns to read
     # the tokens and generates the answer; the head is used in training only and not saved with the model.
-    head_weight: float = 0.0
+    # RAVDESS audio-only dev accuracy, SmolLM2, 6 epochs, seeds 0-2: 73.3 +- 2.1 with weight 1, 60.2 +- 11.2
+    # without (README, RAVDESS section).
+    head_weight: float = 1.0
 
     def __post_init__(self):
         if self.score_readout not in SCORE_READOUTS:
             raise ValueError(f"score_readout must be one of {SCORE_READOUTS}, not {self.score_readout!r}")
         if not self.tasks:
             raise ValueError("ModelConfig needs at least one task")
+        if self.head_weight > 0 and self.fusion.n_tokens == 0:
+            raise ValueError("--head-weight needs pseudo tokens (the head reads them); without them (--ablate "
+                             "no-tokens) pass --head-weight 0")
         for option, value in (("context-turns", self.context_turns), ("history-tokens", self.max_history_tokens)):
             if value < 0:
                 raise ValueError(f"--{option} {value}: must be at least 0. Fix: pass 0 for no dialogue context")

@@ -42,8 +42,10 @@ def make_batch(task: int, targets: list, seed: int, language: str = "en") -> Bat
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     llm = str(save_tiny_lm(tmp_path_factory.mktemp("tiny")))
+    # No auxiliary head: the fixture overfits two batches, which the LM loss alone does in fewer steps.
     return ModelConfig(DIMS, TASKS, llm=llm, lora_r=8, lora_alpha=16, lora_dropout=0.0, max_text_tokens=16,
-                       fusion=FusionConfig(d_model=32, n_heads=4, n_tokens=2, local_layers=1, dropout=0.0))
+                       fusion=FusionConfig(d_model=32, n_heads=4, n_tokens=2, local_layers=1, dropout=0.0),
+                       head_weight=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,7 @@ def test_untrained_model_answers_only_valid_labels_and_numbers(config):
 
 def test_mixed_task_batch_and_loss_parts(config):
     torch.manual_seed(4)
-    model = EGMF(config)
+    model = EGMF(replace(config, head_weight=1.0))
     a, b = make_batch(0, [1, 4], seed=5), make_batch(2, [0.3, -0.6], seed=6, language="zh")
     mixed = Batch({m: torch.cat([a.features[m], b.features[m]]) for m in DIMS},
                   {m: torch.cat([a.masks[m], b.masks[m]]) for m in DIMS},
@@ -95,10 +97,12 @@ def test_mixed_task_batch_and_loss_parts(config):
                   torch.cat([a.context_mask, b.context_mask]), a.texts + b.texts, a.languages + b.languages,
                   torch.cat([a.task, b.task]), a.targets + b.targets, torch.arange(4))
     out = model(mixed)
-    assert out.loss.item() == pytest.approx(out.lm_loss.item() + out.aux_loss.item(), rel=1e-5)
+    assert out.head_loss.item() > 0 and ModelConfig.head_weight == 1.0  # the auxiliary head is on by default
+    assert out.loss.item() == pytest.approx(out.lm_loss.item() + out.aux_loss.item() + out.head_loss.item(), rel=1e-5)
     assert out.expert_weights.shape == (4, 3) and out.modality_gates.shape == (4, 3, 2)
     out.loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # every trainable weight learns, but the auxiliary head of task 1, which this batch does not hold
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.1."))
     prediction = model.predict(mixed)
     assert prediction.answers[0] in EMOTIONS and prediction.answers[2] in score_strings(-1.0, 1.0)
     assert model.training  # predict() restores the mode it found

@@ -453,6 +453,37 @@ def test_resuming_with_another_fusion_rate_setting_is_refused_with_the_fix(class
     assert "resume with the options the run started with" in result.output
 
 
+def test_each_ablation_trains_without_its_part_and_is_recorded(class_cache, tmp_path):
+    from egmf.pipeline.cli import ABLATIONS
+    from egmf.pipeline.evaluate import predict_split
+    from egmf.pipeline.model import EGMF
+    for name, settings in ABLATIONS.items():
+        out = tmp_path / name
+        result = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(out), "--preset", "tiny",
+                                           "--epochs", "1", "--batch-size", "8", "--ablate", name])
+        assert result.exit_code == 0, result.output
+        saved = json.loads((out / "config.json").read_text())["model"]
+        assert all(saved["fusion"][k] == v for k, v in settings["fusion"].items())
+    model = EGMF.load(tmp_path / "no-local" / "model")
+    assert [type(e).__name__ for e in model.fusion.experts] == ["CorrelationExpert", "ContextExpert"]
+    cache = Cache.open(class_cache)
+    from egmf.pipeline.data import load_split, task_of
+    dev = load_split(cache, "dev", cache.modalities, task_of(cache), 0)
+    gates = predict_split(model, dev, task_of(cache), 8).gates  # the removed expert keeps its column, at weight 0
+    assert np.all(gates[:, 0] == 0) and np.allclose(gates.sum(1), 1)
+    uniform = EGMF.load(tmp_path / "uniform-gates" / "model")
+    gates = predict_split(uniform, dev, task_of(cache), 8).gates
+    assert np.allclose(gates, 1 / 3)
+    # Without pseudo tokens the features cannot reach the answer: garbage features give the same answers.
+    blind = EGMF.load(tmp_path / "no-tokens" / "model")
+    garbage = load_split(cache, "dev", cache.modalities, task_of(cache), 0)
+    garbage.features = {m: np.random.default_rng(1).normal(size=x.shape).astype(x.dtype) * 100
+                        for m, x in garbage.features.items()}
+    assert predict_split(blind, garbage, task_of(cache), 8).answers == predict_split(blind, dev, task_of(cache), 8).answers
+    result = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / "x"), "--ablate", "no-gates"])
+    assert result.exit_code == 1 and "choose one of no-tokens" in result.output
+
+
 def test_length_bucketed_batches_hold_every_row_once_with_less_padding():
     from egmf.pipeline.data import BUCKET_POOL, BatchStream
     n = 600  # several pools of 2-row batches; a plan needs only each split's length
