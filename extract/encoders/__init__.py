@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -24,11 +25,12 @@ import torch.nn.functional as F
 
 from ...cache.schema import MODALITIES, EncoderSpec
 from ...weights import pick_device
+from ..random_models import encoder_source
 
 # family (= module in this package) -> its encoder class
 FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",
             "text": "TextEncoder", "whisper": "WhisperAudioEncoder",
-            "e5": "E5TextEncoder"}
+            "e5": "E5TextEncoder", "face": "FaceEncoder"}
 POOLING = "adaptive_avg"  # recorded in every EncoderSpec: how sequences longer than max_steps were shortened
 
 
@@ -62,6 +64,16 @@ def build_encoder(config: EncoderConfig, device: str = "auto") -> Encoder:
     """Load the model that config names (hub, local or random) onto device ("cpu", "cuda" or "auto")."""
     module = importlib.import_module(f"{__name__}.{config.family}")
     return getattr(module, FAMILIES[config.family])(config, pick_device(device))
+
+
+def model_file(config: EncoderConfig, default: str, what: str) -> Path:
+    """The one weights file a family reads: the file its reference names, or `default` in the directory it names;
+    refused, saying `what` the family reads, when there is none."""
+    source = encoder_source(config.model)
+    path = source.path / (source.file or default) if source.path is not None else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{config.model}: {what}; none found at {source.location}")
+    return path
 
 
 def autocast(device: torch.device):
