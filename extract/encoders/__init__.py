@@ -2,7 +2,7 @@
 
 Inputs per modality (what the media decoder gives):
   audio  (speech_ssl): (S_i,) float32 mono at the preset's sample rate (16 kHz);
-  visual (clip):       (N_i, h, w, 3) uint8 frames sampled at the preset's fps, longer side <= 224;
+  visual (clip, face): (N_i, h, w, 3) uint8 frames sampled at the preset's fps, longer side <= 224;
   text   (text):       str transcripts.
 encode(batch) returns, per item, a float32 array (T_i, D) with 1 <= T_i <= max_steps: longer sequences are
 pooled down to max_steps (adaptive average over time), never truncated. An item that is None or empty (no
