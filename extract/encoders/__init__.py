@@ -2,7 +2,7 @@
 
 Inputs per modality (what the media decoder gives):
   audio  (speech_ssl): (S_i,) float32 mono at the preset's sample rate (16 kHz);
-  visual (clip):       (N_i, h, w, 3) uint8 frames sampled at the preset's fps, longer side <= 224;
+  visual (clip, face): (N_i, h, w, 3) uint8 frames sampled at the preset's fps, longer side <= 224;
   text   (text):       str transcripts.
 encode(batch) returns, per item, a float32 array (T_i, D) with 1 <= T_i <= max_steps: longer sequences are
 pooled down to max_steps (adaptive average over time), never truncated. An item that is None or empty (no
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -24,11 +25,12 @@ import torch.nn.functional as F
 
 from ...cache.schema import MODALITIES, EncoderSpec
 from ...weights import pick_device
+from ..random_models import encoder_source
 
 # family (= module in this package) -> its encoder class
 FAMILIES = {"speech_ssl": "SpeechSSLEncoder", "fbank": "FbankEncoder", "clip": "CLIPImageEncoder",
             "text": "TextEncoder", "whisper": "WhisperAudioEncoder",
-            "e5": "E5TextEncoder"}
+            "e5": "E5TextEncoder", "face": "FaceEncoder"}
 POOLING = "adaptive_avg"  # recorded in every EncoderSpec: how sequences longer than max_steps were shortened
 
 
@@ -62,6 +64,16 @@ def build_encoder(config: EncoderConfig, device: str = "auto") -> Encoder:
     """Load the model that config names (hub, local or random) onto device ("cpu", "cuda" or "auto")."""
     module = importlib.import_module(f"{__name__}.{config.family}")
     return getattr(module, FAMILIES[config.family])(config, pick_device(device))
+
+
+def model_file(config: EncoderConfig, default: str, what: str) -> Path:
+    """The one weights file a family reads: the file its reference names, or `default` in the directory it names;
+    refused, saying `what` the family reads, when there is none."""
+    source = encoder_source(config.model)
+    path = source.path / (source.file or default) if source.path is not None else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{config.model}: {what}; none found at {source.location}")
+    return path
 
 
 def autocast(device: torch.device):

@@ -24,9 +24,8 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.initialization import no_init_weights
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from . import EncoderConfig, autocast, encode_present, make_spec
+from . import EncoderConfig, autocast, encode_present, make_spec, model_file
 from ...weights import file_sha256
-from ..random_models import encoder_source
 
 MODEL_FILE = "model.bin"
 SAMPLE_RATE = 16000
@@ -120,11 +119,8 @@ def encoder_from_ct2(tensors: dict[str, np.ndarray]) -> WhisperEncoder:
 
 class WhisperAudioEncoder:
     def __init__(self, config: EncoderConfig, device: torch.device):
-        source = encoder_source(config.model)
-        weights = source.path / (source.file or MODEL_FILE) if source.path is not None else None
-        if weights is None or not weights.is_file():
-            raise FileNotFoundError(f"{config.model}: the whisper family reads a CTranslate2 {MODEL_FILE} (a file, "
-                                    f"or a local directory holding one); none found at {source.location}")
+        weights = model_file(config, MODEL_FILE, f"the whisper family reads a CTranslate2 {MODEL_FILE} (a file, "
+                                                 f"or a local directory holding one)")
         self.config, self.device = config, device
         self.model = encoder_from_ct2(read_ct2(weights)).to(device)
         if config.params.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
