@@ -68,6 +68,27 @@ def pool_steps(x: np.ndarray, lengths: np.ndarray, with_std: bool = False, rows:
     return out
 
 
+def feature_statistics(splits: list[SplitData], rows: int = 256) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """modality -> (mean, std), each (D,) float32, over every valid step of every row of the splits (the training
+    splits: what the fusion standardises its input with). A dimension that barely varies keeps a floor of 1% of
+    the modality's mean std, so it is not blown up into noise elsewhere."""
+    stats = {}
+    for m in splits[0].features:
+        total, square, count = 0.0, 0.0, 0
+        for s in splits:
+            x, n = s.features[m], s.lengths[m]
+            for a in range(0, len(x), rows):
+                block = x[a: a + rows].astype(np.float64)
+                steps = (np.arange(x.shape[1])[None, :] < n[a: a + rows, None])[..., None]  # (r, T, 1)
+                total = total + (block * steps).sum((0, 1))
+                square = square + (block ** 2 * steps).sum((0, 1))
+                count += int(steps.sum())
+        mean = total / max(count, 1)
+        std = np.sqrt(np.maximum(square / max(count, 1) - mean ** 2, 0.0))
+        stats[m] = (mean.astype(np.float32), np.maximum(std, 0.01 * std.mean() + 1e-6).astype(np.float32))
+    return stats
+
+
 def check_extracted(cache: Cache, split: str) -> None:
     """Refuse a split with rows not extracted yet: training or scoring the done rows alone would silently report
     a number for a subset (an interrupted extraction marks rows done shard by shard)."""

@@ -247,8 +247,14 @@ class EGMF(nn.Module):
         if version == 1:
             saved = {**(upgrade or {}), **saved}
         model = cls(ModelConfig.from_dict(saved, str(where)), directory / ADAPTER_DIR)
+        state = load_file(directory / FUSION_FILE)
+        # A model saved before input standardisation has no statistics: it was trained on raw features, which the
+        # identity statistics the network starts with reproduce.
+        for name, buffer in model.fusion.state_dict().items():
+            if name.startswith(("projection.mean_", "projection.std_")):
+                state.setdefault(name, buffer)
         try:
-            model.fusion.load_state_dict(load_file(directory / FUSION_FILE))
+            model.fusion.load_state_dict(state)
         except RuntimeError as error:
             problem = " ".join(str(error).split())[:300].rstrip(". ")  # torch's message spans several lines
             raise ValueError(f"{directory / FUSION_FILE} does not fit the network model.json describes (a model "

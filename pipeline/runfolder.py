@@ -164,6 +164,12 @@ class RunFolder:
                        f"other shapes: {'; '.join(resized[:3])}")
             raise RunError(f"{f} does not fit this model ({problem}...). Fix: resume with the same --preset and "
                            "options (e.g. --lora-r), or train into a new --out")
+        groups = blob.get("optimizer", {}).get("param_groups") if isinstance(blob.get("optimizer"), dict) else None
+        if isinstance(groups, list) and len(groups) != len(opt.param_groups):
+            was, now = (("with", "without") if len(groups) > len(opt.param_groups) else ("without", "with"))
+            raise RunError(f"{f}: the run was trained {was} --fusion-lr and is resumed {now} it (the optimiser "
+                           f"keeps {len(groups)} parameter group(s), this run has {len(opt.param_groups)}). Fix: "
+                           "resume with the options the run started with (its config.json), or train into a new --out")
         model.load_state_dict(blob["model"], strict=False)
         try:
             opt.load_state_dict(blob["optimizer"])

@@ -24,7 +24,7 @@ from ..cache.reader import Cache
 from ..cache.schema import CacheError
 from ..weights import pick_device
 from . import plots
-from .data import BatchStream, SplitData, histories, load_split, task_of
+from .data import BatchStream, SplitData, feature_statistics, histories, load_split, task_of
 from .evaluate import EVAL_BATCH_SIZE, headline, primary_score, score_split
 from .metrics import scalar_metrics
 from .model import EGMF
@@ -200,7 +200,10 @@ class Trainer:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"--preset {cfg.preset} with {cfg.overrides}: {e}") from e
         train, dev = self._splits("train", mcfg.context_turns), self._splits("dev", mcfg.context_turns)
-        model = EGMF(mcfg).to(self.device)
+        model = EGMF(mcfg)
+        model.fusion.projection.set_statistics({m: tuple(map(torch.from_numpy, v))
+                                                for m, v in feature_statistics(train).items()})
+        model = model.to(self.device)
         lengths = [llm_tokens(model, d) for d in train] if cfg.bucket_by_length else None
         stream = BatchStream(train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world=self.world,
                              lengths=lengths)

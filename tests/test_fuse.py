@@ -205,3 +205,29 @@ def test_missing_modality_in_batch_and_bad_config_are_explained(net):
         FusionConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="odd"):
         FusionConfig(local_kernel=4)
+
+
+def test_input_statistics_standardise_each_dimension_and_a_huge_dimension_cannot_dominate():
+    torch.manual_seed(0)
+    dims = {"audio": 6}
+    net = FusionNetwork(FusionConfig(d_model=16, n_heads=4, n_tokens=2, dropout=0.0), dims, 8, n_tasks=1).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 6, generator=g)
+    scale = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 500.0])  # one outlier dimension, as Whisper's hidden states have
+    shift = torch.arange(6.0)
+    masks = {"audio": torch.ones(3, 5, dtype=torch.bool)}
+    args = ({"audio": torch.zeros(3, 1, 6)}, torch.zeros(3, 1, dtype=torch.bool), torch.zeros(3, dtype=torch.long))
+    plain = net.projection({"audio": x}, masks)[0]
+    net.projection.set_statistics({"audio": (shift, scale)})
+    assert torch.allclose(net.projection({"audio": x * scale + shift}, masks)[0], plain, atol=1e-5)
+    state = net.state_dict()
+    assert torch.equal(state["projection.std_audio"], scale) and torch.equal(state["projection.mean_audio"], shift)
+    # Without the statistics the outlier dimension alone decides the tokens: the others can change freely.
+    raw = FusionNetwork(FusionConfig(d_model=16, n_heads=4, n_tokens=2, dropout=0.0), dims, 8, n_tasks=1).eval()
+    raw.load_state_dict({k: v for k, v in state.items() if "_audio" not in k or not k.startswith("projection.")},
+                        strict=False)
+    other = x.clone()
+    other[..., :5] = torch.randn(3, 5, 5, generator=g)
+    moved = lambda model: (model({"audio": x * scale + shift}, masks, *args).tokens
+                           - model({"audio": other * scale + shift}, masks, *args).tokens).abs().mean()
+    assert moved(net) > 20 * moved(raw)

@@ -172,6 +172,25 @@ def test_a_saved_model_refuses_other_llm_weights_and_weights_it_does_not_fit(tra
         EGMF.load(directory)
 
 
+def test_input_statistics_are_saved_with_the_model_and_a_model_saved_without_them_loads(trained, config, tmp_path):
+    model, classes, _, _ = trained
+    stats = {m: (torch.full((d,), 0.5), torch.full((d,), 2.0)) for m, d in DIMS.items()}
+    model.fusion.projection.set_statistics(stats)
+    directory = model.save(tmp_path / "model")
+    reloaded = EGMF.load(directory)
+    assert torch.equal(reloaded.fusion.projection.std_audio, stats["audio"][1])
+    assert reloaded.predict(classes).answers == model.predict(classes).answers
+    # A model saved before the statistics existed was trained on raw features: it loads with identity statistics.
+    fusion = load_file(directory / "fusion.safetensors")
+    save_file({k: v for k, v in fusion.items() if not k.startswith(("projection.mean_", "projection.std_"))},
+              directory / "fusion.safetensors")
+    old = EGMF.load(directory)
+    assert torch.equal(old.fusion.projection.std_audio, torch.ones(DIMS["audio"]))
+    assert torch.equal(old.fusion.projection.mean_text, torch.zeros(DIMS["text"]))
+    identity = {m: (torch.zeros(d), torch.ones(d)) for m, d in DIMS.items()}
+    model.fusion.projection.set_statistics(identity)
+
+
 @pytest.mark.slow
 def test_smollm2_model_trains_predicts_and_reloads(tmp_path):
     config = ModelConfig(DIMS, TASKS, fusion=FusionConfig(n_tokens=4))  # the offline default LLM

@@ -429,6 +429,30 @@ def test_the_auxiliary_head_and_the_fusion_rate_are_trained_and_recorded(class_c
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == [5e-3, 1e-3]
     assert any(k.startswith("heads.") for k in checkpoint["model"]) and summary["steps"] > 0
+def test_the_fusion_standardises_with_statistics_of_the_training_split(class_cache, tmp_path):
+    from egmf.pipeline.data import feature_statistics, load_split, task_of
+    from safetensors.torch import load_file
+    cache = Cache.open(class_cache)
+    train = load_split(cache, "train", ["audio"], task_of(cache), 0)
+    mean, std = feature_statistics([train], rows=3)["audio"]  # blocks of 3 rows: the sums must span blocks
+    x, n = train.features["audio"], train.lengths["audio"]
+    steps = np.concatenate([x[i, :n[i]] for i in range(len(x))]).astype(np.float64)  # every valid step, no padding
+    np.testing.assert_allclose(mean, steps.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std, steps.std(0), rtol=1e-3)
+    _train(class_cache, tmp_path / "run", epochs=1, modalities=["audio"])
+    fusion = load_file(tmp_path / "run" / "model" / "fusion.safetensors")
+    np.testing.assert_allclose(fusion["projection.mean_audio"].numpy(), mean, rtol=1e-6)
+
+
+def test_resuming_with_another_fusion_rate_setting_is_refused_with_the_fix(class_cache, tmp_path):
+    _train(class_cache, tmp_path / "run", epochs=1, fusion_lr=5e-3)
+    result = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / "run"), "--preset", "tiny",
+                                       "--epochs", "2", "--batch-size", "8"])
+    assert result.exit_code == 1
+    assert "trained with --fusion-lr and is resumed without it" in result.output
+    assert "resume with the options the run started with" in result.output
+
+
 def test_length_bucketed_batches_hold_every_row_once_with_less_padding():
     from egmf.pipeline.data import BUCKET_POOL, BatchStream
     n = 600  # several pools of 2-row batches; a plan needs only each split's length
