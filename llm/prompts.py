@@ -76,7 +76,7 @@ class Prompter:
                  max_history_tokens: int = 0):
         self.tokenizer, self.labels = tokenizer, labels
         self.n_tokens, self.max_text_tokens, self.max_history_tokens = n_tokens, max_text_tokens, max_history_tokens
-        # Whatever the tokenizer puts before a text (a BOS for Llama-style ones, nothing for SmolLM2).
+        # Whatever the tokenizer puts before a text (a BOS for Llama- and Gemma-style ones, nothing for SmolLM2).
         self.specials = tokenizer.encode("", add_special_tokens=True)
         self._fixed: dict[tuple[int, str], tuple[list[int], list[int], list[list[int]]]] = {}
 

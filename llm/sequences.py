@@ -55,6 +55,18 @@ def embed_rows(lm, rows: list[list[int]], tokens: torch.Tensor, filler: int) -> 
     return embeds, valid
 
 
+def embedding_rms(lm) -> float:
+    """RMS of the token embeddings the LLM's layers read, which the pseudo tokens should match: the table's RMS
+    times the scale that some embedding modules apply to the rows they look up (Gemma multiplies them by
+    sqrt(hidden size): 25.3 for Gemma 3 270M, whose table alone has RMS ~0.03); 1 for Llama-style LLMs."""
+    embedding = lm.get_input_embeddings()
+    table = embedding.weight.detach()  # (V, H)
+    row = table.norm(dim=-1).argmax().reshape(1)  # a row that is surely not zero (padding rows can be)
+    with torch.no_grad():
+        scale = embedding(row).norm() / table[row].norm()
+    return table.pow(2).mean().sqrt().item() * scale.item()
+
+
 def answer_loss(logits: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens that end each row.
 

@@ -23,7 +23,7 @@ from ..llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_ans
 from ..llm.loading import DEFAULT_LLM, llm_sha256, load_causal_lm
 from ..llm.lora import ATTENTION, attach_lora, load_lora
 from ..llm.prompts import Prompter, format_score
-from ..llm.sequences import answer_loss, causal_mask, embed_rows, positions
+from ..llm.sequences import answer_loss, causal_mask, embed_rows, embedding_rms, positions
 
 from .batch import Batch, TaskSpec
 
@@ -127,9 +127,9 @@ class EGMF(nn.Module):
         self.config = config = replace(config, llm_sha256=sha256)
         table = base.get_input_embeddings().weight  # (V, H)
         self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
-                                    out_scale=table.detach().pow(2).mean().sqrt().item())
+                                    out_scale=embedding_rms(base))
         # Registered before the LLM: the trainer's parameter groups (fusion side, then LoRA) keep the model's order.
-        # Its own LayerNorm: the pseudo tokens are as small as word embeddings (RMS ~0.02-0.05), and a plain linear
+        # Its own LayerNorm: the pseudo tokens are as small as word embeddings (SmolLM2: RMS ~0.02-0.05), and a linear
         # head on them would start with near-zero outputs and teach the fusion nothing for many epochs.
         self.heads = (nn.ModuleList([nn.Sequential(nn.LayerNorm(table.shape[1]), nn.Linear(
             table.shape[1], len(t.label.classes) if t.is_classification else 1)) for t in config.tasks])

@@ -5,9 +5,9 @@ A preset file:
   {"description": "...",
    "model": {"llm": a model reference (egmf.weights), "lora_r": 16, ..., "fusion": {"d_model": 256, ...}}}
 "model" holds any ModelConfig field but the feature sizes and tasks, which come from the caches; fields it
-leaves out keep ModelConfig's defaults. Shipped: offline (SmolLM2-135M, packaged), hub (Qwen2.5-0.5B-Instruct),
-tiny (a random 2-layer LM, for tests). A path to a JSON file works as a preset name too. Options on the command
-line win over the preset.
+leaves out keep ModelConfig's defaults. Shipped: offline (SmolLM2-135M, packaged, English), offline-bilingual
+(Gemma 3 270M, packaged, Chinese and English), hub (Qwen2.5-0.5B-Instruct), tiny (a random 2-layer LM, for
+tests). A path to a JSON file works as a preset name too. Options on the command line win over the preset.
 """
 from __future__ import annotations
 

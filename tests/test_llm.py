@@ -4,13 +4,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from egmf.cache.schema import LabelSpec
 from egmf.llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_answer
 from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
 from egmf.llm.lora import ATTENTION, MLP, attach_lora
 from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
-from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, positions
+from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, embedding_rms, positions
 from egmf.llm.tiny import save_tiny_lm
 
 EMOTION = LabelSpec("emotion", "class", ("neutral", "joy", "anger"))
@@ -184,6 +185,17 @@ def test_splicing_puts_each_rows_pseudo_tokens_at_its_placeholders(tiny, prompte
         assert not valid[b, :start].any() and valid[b, start:].all()
     with pytest.raises(ValueError, match="placeholders"):
         embed_rows(lm, rows, tokens[:, :1], filler=0)
+
+
+def test_pseudo_tokens_match_the_embeddings_the_layers_read(tiny):
+    lm, _ = tiny
+    table = lm.get_input_embeddings().weight
+    assert embedding_rms(lm) == table.pow(2).mean().sqrt().item()  # Llama: the table itself, to the last bit
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    gemma = Gemma3ForCausalLM(config)  # Gemma multiplies the rows it looks up by sqrt(hidden size)
+    table = gemma.get_input_embeddings().weight
+    assert embedding_rms(gemma) == pytest.approx(table.pow(2).mean().sqrt().item() * 8, rel=1e-5)
 
 
 def test_lora_trains_only_adapters(tmp_path):

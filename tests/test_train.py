@@ -373,7 +373,7 @@ def test_model_presets_are_json_data_and_bad_ones_name_their_file(tmp_path):
     from egmf.pipeline.batch import TaskSpec
     from egmf.pipeline.presets import available, model_config
     task = TaskSpec("synthetic/emotion", sc.spec().label("emotion"))
-    assert available() == ["hub", "offline", "tiny"]
+    assert available() == ["hub", "offline", "offline-bilingual", "tiny"]
     tiny = model_config("tiny", {"text": 8}, [task], lora_alpha=8, fusion={"n_tokens": 3})
     assert (tiny.llm, tiny.lora_alpha, tiny.fusion.d_model, tiny.fusion.n_tokens) == ("random:llama-tiny", 8, 32, 3)
     mine = tmp_path / "mine.json"

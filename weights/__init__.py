@@ -5,8 +5,8 @@ A leaf like cache/: it imports nothing of egmf, so extract (encoders), llm (the 
 """
 from .device import pick_device
 from .quiet import quiet_loaders
-from .reference import (ModelSource, RandomModel, build_random, file_sha256, hub_revision, models_home, resolve,
-                        weights_identity, weights_sha256)
+from .reference import (ModelSource, RandomModel, build_once, build_random, file_sha256, hub_revision,
+                        models_home, resolve, weights_identity, weights_sha256)
 
-__all__ = ["ModelSource", "RandomModel", "build_random", "file_sha256", "hub_revision", "models_home",
-           "pick_device", "quiet_loaders", "resolve", "weights_identity", "weights_sha256"]
+__all__ = ["ModelSource", "RandomModel", "build_once", "build_random", "file_sha256", "hub_revision",
+           "models_home", "pick_device", "quiet_loaders", "resolve", "weights_identity", "weights_sha256"]

@@ -205,33 +205,43 @@ def _part_files(ref: str, part: str) -> list[Path]:
     return sorted(found, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)])
 
 
-def build_random(name: str, catalogue: Mapping[str, RandomModel]) -> Path:
-    """The directory of random model `name` of the catalogue, building it on first use.
+def build_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """The directory final, built by build(empty temporary directory) if it does not exist yet.
 
     Safe when processes race: each builds into its own temporary folder and renames it into place; the
-    first rename wins and the others discard their (identical) copy. The global RNG is left as it was.
+    first rename wins and the others discard their (identical) copy.
     """
-    if name not in catalogue:
-        raise ValueError(f"unknown random model {name!r}. Fix: use random:NAME with a NAME of "
-                         f"{', '.join(catalogue) or '(none here)'}")
-    model = catalogue[name]
-    final = models_home() / name
     if not final.exists():
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            import torch
-
-            with torch.random.fork_rng():
-                torch.manual_seed(RANDOM_SEED)
-                model.build(model.recipe, tmp)
-            (tmp / RECIPE_FILE).write_text(json.dumps(model.recipe, sort_keys=True))
+            build(tmp)
             os.rename(tmp, final)
         except OSError:
             if not final.exists():  # a real failure, not a lost race
                 raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def build_random(name: str, catalogue: Mapping[str, RandomModel]) -> Path:
+    """The directory of random model `name` of the catalogue, building it on first use (build_once), with one
+    fixed seed; the global RNG is left as it was."""
+    if name not in catalogue:
+        raise ValueError(f"unknown random model {name!r}. Fix: use random:NAME with a NAME of "
+                         f"{', '.join(catalogue) or '(none here)'}")
+    model = catalogue[name]
+
+    def build(tmp: Path) -> None:
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_SEED)
+            model.build(model.recipe, tmp)
+        (tmp / RECIPE_FILE).write_text(json.dumps(model.recipe, sort_keys=True))
+
+    final = build_once(models_home() / name, build)
     recipe = final / RECIPE_FILE
     built = json.loads(recipe.read_text()) if recipe.is_file() else None
     if built != model.recipe:
