@@ -62,8 +62,9 @@ class FusionNetwork(nn.Module):
         build = {"local": lambda: LocalExpert(self.modalities, c.d_model, c.local_kernel, c.local_layers, c.dropout),
                  "correlation": lambda: CorrelationExpert(self.modalities, c.d_model, c.n_heads, c.dropout),
                  "context": lambda: ContextExpert(c.d_model, c.n_heads, c.context_layers, c.dropout)}
-        self.kept = [i for i, e in enumerate(EXPERTS) if e in c.experts]  # positions in EXPERTS, in that order
-        self.experts = nn.ModuleList([build[EXPERTS[i]]() for i in self.kept])
+        kept = [i for i, e in enumerate(EXPERTS) if e in c.experts]  # positions in EXPERTS, in that order
+        self.register_buffer("kept", torch.tensor(kept), persistent=False)
+        self.experts = nn.ModuleList([build[EXPERTS[i]]() for i in kept])
         for expert in self.experts:
             expert.uniform = c.uniform_gates
         self.expert_gate = ExpertGate(c.d_model, len(self.experts), n_tasks, c.dropout)
@@ -104,8 +105,8 @@ class FusionNetwork(nn.Module):
         every = torch.zeros(weights.shape[0], len(EXPERTS), *gates.shape[2:], dtype=gates.dtype, device=gates.device)
         return FusionOutput(
             tokens=self.pooler(self.fused_norm(fused), key_mask, self.expert_gate.task_embedding(task), key_bias),
-            expert_weights=every[..., 0].index_copy(1, torch.tensor(self.kept, device=weights.device), weights),
-            modality_gates=every.index_copy(1, torch.tensor(self.kept, device=gates.device), gates),
+            expert_weights=every[..., 0].index_copy(1, self.kept, weights),
+            modality_gates=every.index_copy(1, self.kept, gates),
             modality_weights=modality_weights,
             aux_loss=self.config.balance_weight * balance_loss(weights),
         )
