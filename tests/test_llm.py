@@ -7,11 +7,12 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from egmf.cache.schema import LabelSpec
+from egmf.llm import attention
 from egmf.llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_answer
 from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
 from egmf.llm.lora import ATTENTION, MLP, attach_lora
 from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
-from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, embedding_rms, positions
+from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, embedding_rms, pad_left, positions
 from egmf.llm.tiny import save_tiny_lm
 
 EMOTION = LabelSpec("emotion", "class", ("neutral", "joy", "anger"))
@@ -50,9 +51,44 @@ def test_a_single_file_that_is_not_gguf_is_refused(tmp_path):
 
 
 def test_loaded_model_records_its_reference(tiny, tmp_path):
-    assert tiny[0].config._attn_implementation == "sdpa"
+    assert tiny[0].config._attn_implementation == attention.NAME
     reference = str(save_tiny_lm(tmp_path / "lm"))
     assert load_causal_lm(reference)[0].name_or_path == reference
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_plain_attention_computes_what_sdpa_computes_with_grouped_heads(mask_kind):
+    torch.manual_seed(0)
+    B, Hq, Hkv, L, D = 3, 4, 2, 6, 8
+    q, k, v = (torch.randn(B, h, L, D, dtype=torch.float64, requires_grad=True) for h in (Hq, Hkv, Hkv))
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[0, :2] = valid[2, :4] = False  # left padding, as llm.sequences makes it
+    allowed = causal_mask(valid)  # (B, 1, L, L)
+    mask = {"bool": allowed, "none": None,
+            "additive": torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, float("-inf"))}[mask_kind]
+    module = torch.nn.Module().eval()
+    out, weights = attention.plain_attention(module, q, k, v, mask, scaling=D ** -0.5)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True).transpose(1, 2)
+    # The softmax runs in float32 (as transformers' eager attention), so float64 agrees to ~1e-6.
+    assert out.shape == (B, L, Hq, D) and torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(weights.sum(-1), torch.ones(B, Hq, L, dtype=torch.float64))
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-5)
+               for a, b in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))))
+
+
+def test_the_llm_gives_the_same_logits_with_plain_attention_and_sdpa(tiny):
+    model = tiny[0]
+    ids, valid = pad_left([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], 0)
+    inputs = dict(input_ids=ids, attention_mask=causal_mask(valid), position_ids=positions(valid), use_cache=False)
+    plain = model(**inputs).logits
+    model.set_attn_implementation("sdpa")
+    try:
+        fused = model(**inputs).logits
+    finally:
+        model.set_attn_implementation(attention.NAME)
+    assert torch.allclose(plain[valid], fused[valid], atol=1e-5)
 
 
 def test_prompts_per_language_and_task(tiny, prompter):
