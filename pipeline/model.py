@@ -150,10 +150,18 @@ class EGMF(nn.Module):
         return [self.prompter.prompt(t, lang, text, earlier)
                 for t, lang, text, earlier in zip(batch.task.tolist(), batch.languages, batch.texts, history)]
 
+    def _answers(self, batch: Batch) -> list[list[int]]:
+        """The target answer's tokens per row."""
+        return [self.prompter.answer_ids(t, lang)[self.prompter.target_index(t, y)]
+                for t, lang, y in zip(batch.task.tolist(), batch.languages, batch.targets)]
+
+    def row_lengths(self, batch: Batch) -> list[int]:
+        """Tokens each row of a training batch puts through the LLM: its prompt and its answer."""
+        return [len(p) + len(a) for p, a in zip(self._prompts(batch), self._answers(batch))]
+
     def forward(self, batch: Batch) -> ModelOutput:
         fused = self.fusion(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
-        answers = [self.prompter.answer_ids(t, lang)[self.prompter.target_index(t, y)]
-                   for t, lang, y in zip(batch.task.tolist(), batch.languages, batch.targets)]
+        answers = self._answers(batch)
         rows = [prompt + answer for prompt, answer in zip(self._prompts(batch), answers)]
         embeds, valid = embed_rows(self.llm, rows, fused.tokens, self.filler)  # (B, L, H), (B, L)
         logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),

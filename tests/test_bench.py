@@ -97,7 +97,7 @@ def test_update_readme_replaces_only_the_marked_section(tmp_path):
 
 def test_cli_refuses_unknown_benchmarks(tmp_path):
     bad = runner.invoke(bench_app, ["--out", str(tmp_path), "--only", "2,9"])
-    assert bad.exit_code == 1 and "numbered 1 to 5" in bad.output
+    assert bad.exit_code == 1 and "numbered 1 to 6" in bad.output
     assert runner.invoke(bench_app, ["--only", "two"]).exit_code == 2
 
 
@@ -134,11 +134,11 @@ def test_cli_quick_storage_benchmark_writes_json_and_table(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_run_of_all_five_reports_ratios_of_what_it_measured(tmp_path):
+def test_quick_run_of_all_six_reports_ratios_of_what_it_measured(tmp_path):
     report = run_benchmarks(BenchConfig(out=tmp_path, quick=True, readme=None, workdir=tmp_path, progress=False))
     assert report == json.loads((tmp_path / "bench.json").read_text())
     b = report["benchmarks"]
-    assert sorted(b) == ["1", "2", "3", "4", "5"]
+    assert sorted(b) == ["1", "2", "3", "4", "5", "6"]
     for res in b.values():
         assert res["seconds"] > 0 and res["checks"]
         for c in res["checks"]:
@@ -154,12 +154,25 @@ def test_quick_run_of_all_five_reports_ratios_of_what_it_measured(tmp_path):
     three = b["3"]["measured"]
     assert b["3"]["checks"][0]["value"] == pytest.approx(min(three["naive_seconds"]) / min(three["extract_seconds"]))
     assert set(three["naive_per_clip"]) == {"decode", "audio", "visual", "text", "save"}
+    assert b["3"]["checks"][1]["value"] == pytest.approx(three["two_workers_clips_per_second"]
+                                                         / three["extract_clips_per_second"])
+    assert [c["value"] for c in b["3"]["checks"][2:]] == pytest.approx(
+        [1 / three["batched_encoder_per_clip"][m] for m in ("audio", "visual", "text")])
     four = b["4"]["measured"]
     assert b["4"]["checks"][0]["value"] == pytest.approx(four["28"]["peak_rss"] / four["14"]["peak_rss"] - 1)
     assert four["14"]["clips"] == 14 and four["28"]["clips"] == 28 and four["14"]["peak_mb"] > 100
     five = b["5"]["measured"]
     assert b["5"]["checks"][0]["value"] == pytest.approx(five["epoch"]["data_seconds"] / five["epoch"]["seconds"])
     assert 0 <= five["trainer_data_wait_fraction"] < 1
+    six = b["6"]["measured"]["variants"]
+    assert len(six) == 4 and all(v["steps"] == 2 and v["real_tokens"] > 0 for v in six.values())
+    before, after = six["random batches, SDPA"], six["bucketed, plain attention"]
+    assert b["6"]["checks"][0]["value"] == pytest.approx(before["step_seconds"] / after["step_seconds"])
+    assert after["padding"] <= before["padding"] and after["padded_tokens"] >= after["real_tokens"]
+    # A step cannot run faster than the arithmetic it has to do.
+    assert all(v["over_bound"] > 1 for v in six.values())
+    phases = ("data_seconds", "forward_seconds", "backward_seconds", "optimiser_seconds")
+    assert all(sum(v[k] for k in phases) == pytest.approx(v["seconds"]) for v in six.values())
     table = (tmp_path / "README-table.md").read_text()
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + sum(len(r["checks"]) for r in b.values())
 

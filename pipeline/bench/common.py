@@ -34,11 +34,15 @@ class Sizes:
     real_encoders: str = "hub-sized"  # benchmark 1's second row: the hub preset's architectures, random weights
     real_clips: int = 16  # ... on this many clips of real size (two batches: affordable on 2 cores)
     real_clip: ClipSize = ClipSize()  # 1280x720, 30 fps, 3-8 s, 48 kHz stereo
+    step_model: str = "offline"  # benchmark 6: the LLM whose step is broken down (SmolLM2-135M)
+    step_steps: int = 10  # ... timed steps per variant
+    step_batch_size: int = 16  # ... the batch of the README's MELD runs
 
 
 FULL = Sizes("offline", "tiny", 280, 100, (100, 1000), {"train": 16326, "valid": 1871, "test": 4659}, 2)
 QUICK = Sizes("tiny", "tiny", 28, 14, (14, 28), {"train": 96, "valid": 16, "test": 16}, 1, real_encoders="tiny",
-              real_clips=3, real_clip=ClipSize(320, 180, 10, 16000, 2, 1.0, 1.5))
+              real_clips=3, real_clip=ClipSize(320, 180, 10, 16000, 2, 1.0, 1.5), step_model="tiny", step_steps=2,
+              step_batch_size=8)
 
 
 COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
@@ -113,8 +117,9 @@ def in_subprocess(fn, *args):
 class Workspace:
     """Scratch data the benchmarks of one run share: demo corpora and the demo cache, each made once."""
 
-    def __init__(self, root: Path, sizes: Sizes, seed: int = 0, progress: bool = True):
+    def __init__(self, root: Path, sizes: Sizes, seed: int = 0, progress: bool = True, step_cache: str | None = None):
         self.root, self.sizes, self.seed, self.progress = Path(root), sizes, seed, progress
+        self.step_cache = step_cache  # benchmark 6's cache (default: the demo cache)
         self.extraction_seconds: float | None = None  # making the demo cache, when this run made it
 
     def say(self, message: str) -> None:

@@ -71,19 +71,27 @@ def bench_extraction_speed(ws: Workspace) -> dict:
     encoders = ws.encoders(corpus)  # loaded before timing, for both: loading is not what is compared
     torch.set_num_threads(threads_per_worker(cfg))
     warm_up(utts[: cfg.batch_size], encoders, cfg.batch_size)
-    runs = {"naive": [], "extract": []}  # (stages per clip or None, wall seconds, CPU seconds)
-    for k in range(s.repeats):  # interleaved, so that both see the same background load
-        ws.say(f"3: {len(utts)} clips, naive loop and egmf-extract (round {k + 1} of {s.repeats})")
+    # (stages per clip or a Summary, wall seconds, CPU seconds of this process)
+    runs = {"naive": [], "extract": [], "extract-2-workers": []}
+    two = replace(cfg, workers=2, threads=None)  # a dask LocalCluster of 2 processes, one torch thread each
+    for k in range(s.repeats):  # interleaved, so that all see the same background load
+        ws.say(f"3: {len(utts)} clips, naive loop, egmf-extract, egmf-extract --workers 2 (round {k + 1} of "
+               f"{s.repeats})")
         runs["naive"].append(timed(naive_extract, utts, encoders, ws.root / f"naive-{k}"))
         runs["extract"].append(timed(extract, replace(cfg, out=str(ws.root / f"extract-{k}"))))
-        shutil.rmtree(ws.root / f"naive-{k}")
-        shutil.rmtree(ws.root / f"extract-{k}")
-    naive, batched = (min(runs[k], key=lambda r: r[1]) for k in ("naive", "extract"))
+        runs["extract-2-workers"].append(timed(extract, replace(two, out=str(ws.root / f"workers-{k}"))))
+        torch.set_num_threads(threads_per_worker(cfg))  # extract sets this process's threads per its workers
+        for folder in (f"naive-{k}", f"extract-{k}", f"workers-{k}"):
+            shutil.rmtree(ws.root / folder)
+    naive, batched, workers = (min(runs[k], key=lambda r: r[1]) for k in ("naive", "extract", "extract-2-workers"))
     profile = batched_encoding(utts, encoders, cfg.batch_size)
     clips = len(utts)
     measured = {"clips": clips, **{f"{k}_seconds": [r[1] for r in v] for k, v in runs.items()},
                 **{f"{k}_cpu_seconds": [r[2] for r in v] for k, v in runs.items()},
                 "naive_clips_per_second": clips / naive[1], "extract_clips_per_second": clips / batched[1],
+                "two_workers_clips_per_second": clips / workers[1],
+                "encoder_clips_per_second": {m: 1 / t for m, t in profile.items()},
+                "families": {m: enc.spec.family for m, enc in encoders.items()},
                 "cpu_time_ratio": naive[2] / batched[2], "naive_per_clip": naive[0],
                 "batched_encoder_per_clip": profile, "torch_threads": torch.get_num_threads(),
                 "batch_size": cfg.batch_size, "decode_threads": cfg.decode_threads}
@@ -97,8 +105,13 @@ def bench_extraction_speed(ws: Workspace) -> dict:
     setup = (f"{clips} demo clips, encoder preset {s.encoders}, encoders loaded beforehand; egmf-extract: one "
              f"process, {cfg.decode_threads} decode threads, batch {cfg.batch_size}; naive: one .npz per clip; "
              f"best of {s.repeats}")
-    return result("Extraction: egmf-extract vs a naive per-clip loop", setup,
-                  [check("clips per second, ratio", naive[1] / batched[1], 3)], measured, bound)
+    checks = [check("clips per second, ratio", naive[1] / batched[1], 3),
+              check("dask scaling: --workers 2 (1 thread each) vs 1 worker (2 threads), clips per second",
+                    batched[1] / workers[1], None),
+              *(check(f"clips per second of the {m} encoder ({enc.spec.family}, batched, decoded clips), "
+                      f"{torch.get_num_threads()} threads", 1 / profile[m], None, unit="clips/s")
+                for m, enc in encoders.items())]
+    return result("Extraction: egmf-extract vs a naive per-clip loop", setup, checks, measured, bound)
 
 
 def extract_probe(cfg) -> dict:

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from .common import FULL, QUICK, Workspace, machine_info
 from .extraction import bench_extraction_memory, bench_extraction_speed
+from .steptime import bench_step_time
 from .storage import bench_storage
 from .training import bench_cache_vs_media, bench_input_pipeline
 
 REPORT_FORMAT = 1
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 BENCHMARKS = {1: bench_cache_vs_media, 2: bench_storage, 3: bench_extraction_speed, 4: bench_extraction_memory,
-              5: bench_input_pipeline}
+              5: bench_input_pipeline, 6: bench_step_time}
 
 
 @dataclass
@@ -30,6 +31,7 @@ class BenchConfig:
     workdir: Path | None = None  # scratch space (default: the system's temp dir); emptied at the end
     seed: int = 0
     progress: bool = True
+    step_cache: str | None = None  # benchmark 6 reads this cache (default: the demo cache)
 
 
 def run_benchmarks(cfg: BenchConfig) -> dict:
@@ -41,7 +43,7 @@ def run_benchmarks(cfg: BenchConfig) -> dict:
     report = {"format": REPORT_FORMAT, "quick": cfg.quick, "machine": machine_info(), "benchmarks": {}}
     report["benchmarks"] = _earlier_results(out / "bench.json", report)
     with tempfile.TemporaryDirectory(prefix="egmf-bench-", dir=cfg.workdir) as scratch:
-        ws = Workspace(Path(scratch), QUICK if cfg.quick else FULL, cfg.seed, cfg.progress)
+        ws = Workspace(Path(scratch), QUICK if cfg.quick else FULL, cfg.seed, cfg.progress, cfg.step_cache)
         for n in cfg.only:
             tick, load = time.perf_counter(), os.getloadavg()[0]
             res = BENCHMARKS[n](ws)
@@ -73,6 +75,8 @@ def _earlier_results(path: Path, report: dict) -> dict:
 def format_value(c: dict) -> str:
     if c["unit"] == "fraction":
         return f"{c['value']:.1%}"
+    if c["unit"] != "x":
+        return f"{c['value']:.3g} {c['unit']}"
     return f"{c['value']:.2f}x" if c["value"] < 10 else f"{c['value']:.0f}x"
 
 

@@ -11,21 +11,23 @@ from .common import Workspace, check, result
 from .extraction import warm_up
 
 
-def fresh_model(cache, task, preset: str, seed: int):
+def fresh_model(cache, task, preset: str, seed: int, **overrides):
     from ..model import EGMF
     from ..presets import model_config
     from ..train import seed_everything
 
     seed_everything(seed)
-    return EGMF(model_config(preset, {m: e.dim for m, e in cache.encoders.items()}, [task]))
+    return EGMF(model_config(preset, {m: e.dim for m, e in cache.encoders.items()}, [task], **overrides))
 
 
-def train_epochs(runs: dict) -> dict:
-    """Optimiser steps as the Trainer makes them over each run's batches, one step of each run in turn, so that
-    all runs see the same background load (the machine may be shared). runs: name -> (model, batches).
-    Returns per run the seconds of its own steps, the part of them spent waiting for a batch, and the steps."""
+def train_epochs(runs: dict, bf16: bool = False) -> dict:
+    """Optimiser steps as the Trainer makes them over each run's batches (bf16: under its autocast), one step of
+    each run in turn, so that all runs see the same background load (the machine may be shared).
+    runs: name -> (model, batches). Returns per run the seconds of its own steps, of them the seconds waiting for
+    a batch, in the forward pass, the backward pass and the optimiser, and the steps."""
     import torch
 
+    from ..precision import autocast
     from ..train import TrainConfig
 
     live, out = {}, {}
@@ -34,7 +36,8 @@ def train_epochs(runs: dict) -> dict:
         opt = torch.optim.AdamW(params, lr=TrainConfig.lr, weight_decay=TrainConfig.weight_decay)
         model.train()
         live[name] = (model, params, opt, iter(batches))
-        out[name] = {"seconds": 0.0, "data_seconds": 0.0, "steps": 0}
+        out[name] = dict.fromkeys(("seconds", "data_seconds", "forward_seconds", "backward_seconds",
+                                   "optimiser_seconds"), 0.0) | {"steps": 0}
     while live:
         for name, (model, params, opt, batches) in list(live.items()):
             tick = time.perf_counter()
@@ -42,13 +45,20 @@ def train_epochs(runs: dict) -> dict:
             if batch is None:
                 del live[name]
                 continue
-            out[name]["data_seconds"] += time.perf_counter() - tick
-            loss = model(batch).loss
+            times = [tick, time.perf_counter()]
+            with autocast(torch.device("cpu"), bf16):
+                loss = model(batch).loss
+            times.append(time.perf_counter())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            times.append(time.perf_counter())
             torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
             opt.step()
-            out[name]["seconds"] += time.perf_counter() - tick
+            times.append(time.perf_counter())
+            for key, a, b in zip(("data_seconds", "forward_seconds", "backward_seconds", "optimiser_seconds"),
+                                 times, times[1:]):
+                out[name][key] += b - a
+            out[name]["seconds"] += times[-1] - tick
             out[name]["steps"] += 1
     return out
 
