@@ -58,8 +58,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (pipeline/precision.py)
     # Batches of rows with like prompt lengths (data.BatchStream): MELD text-only pads 28% of the LLM's tokens in
-    # random batches, 1% bucketed. Off by default until a dev score confirms it trains as well (README, MELD).
-    bucket_by_length: bool = False
+    # random batches, 1% bucketed. One epoch, seed 0: dev weighted F1 56.7 bucketed against 56.3 in random batches,
+    # 34.7 against 42.4 minutes of steps (README, MELD).
+    bucket_by_length: bool = True
     progress: bool = True
     # ModelConfig fields over the preset's, e.g. {"lora_r": 16, "context_turns": 2, "fusion": {"n_tokens": 8}}
     overrides: dict = field(default_factory=dict)
