@@ -98,9 +98,12 @@ def bench_step_time(ws: Workspace) -> dict:
             "compute_bound_seconds": flops / peak, "over_bound": m["seconds"] / (flops / peak)}
     v = measured["variants"]
     before, after = v[BEFORE], v[DEFAULT]
-    speedup = before["step_seconds"] / after["step_seconds"]
+    # An epoch puts every real token through once, and the variants' sampled batches hold different tokens: the
+    # epoch's ratio is that of seconds per real token.
+    per_token = {name: m["seconds"] / m["real_tokens"] for name, m in v.items()}
+    speedup = per_token[BEFORE] / per_token[DEFAULT]
     share = lambda key: after[key] / after["seconds"]
-    checks = [check(f"epoch speed-up, {DEFAULT} vs {BEFORE} (same steps per epoch)", speedup, 1.5),
+    checks = [check(f"epoch speed-up, {DEFAULT} vs {BEFORE} (seconds per real token)", speedup, 1.5),
               check(f"{DEFAULT}: step time over the LLM's compute bound", after["over_bound"], None),
               check("share of LLM tokens that are padding, random batches", before["padding"], None, unit="fraction"),
               check("share of LLM tokens that are padding, bucketed", after["padding"], None, unit="fraction"),
@@ -112,7 +115,7 @@ def bench_step_time(ws: Workspace) -> dict:
               check(f"{DEFAULT}: share of step time in the optimiser and waiting for data",
                     share("optimiser_seconds") + share("data_seconds"), None, unit="fraction"),
               check("speed-up from no LoRA dropout on top (a recipe change, not made by default)",
-                    after["step_seconds"] / v["bucketed, plain attention, no LoRA dropout"]["step_seconds"], None)]
+                    per_token[DEFAULT] / per_token["bucketed, plain attention, no LoRA dropout"], None)]
     bound = [f"Per step ({DEFAULT}): {after['step_seconds']:.2f} s against a compute bound of "
              f"{after['compute_bound_seconds'] / after['steps']:.2f} s ({after['llm_flops'] / after['steps'] / 1e9:.0f}"
              f" GFLOP at the {peak / 1e9:.0f} GFLOP/s one matmul reaches here); {BEFORE}: "
@@ -122,4 +125,4 @@ def bench_step_time(ws: Workspace) -> dict:
              f"{'bf16 autocast' if bf16 else 'fp32'} as the Trainer runs it. Plain attention: llm/attention.py. "
              f"Padding: the share of the tokens run that are padding to a batch's longest row. The compute bound "
              f"counts the LLM's projections (forward and input gradient) and attention at the measured matmul speed")
-    return result("Stage-two step time: waste removed and what is left", setup, checks, measured, bound)
+    return result("Stage-two step time", setup, checks, measured, bound)
