@@ -15,12 +15,16 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 NAME = "egmf"  # the attn_implementation load_causal_lm asks for
 
 
-def plain_attention(module, query, key, value, attention_mask, scaling, dropout: float = 0.0):
+def plain_attention(module, query, key, value, attention_mask, scaling, dropout: float = 0.0,
+                    softcap: float | None = None):
     """query (B, Hq, Lq, D), key/value (B, Hkv, Lk, D), attention_mask (B, 1, Lq, Lk) bool (True = may attend) or
-    additive float, or None for causal -> (B, Lq, Hq, D), the attention weights (B, Hq, Lq, Lk)."""
+    additive float, or None for causal -> (B, Lq, Hq, D), the attention weights (B, Hq, Lq, Lk). softcap: the
+    logit soft-capping of Gemma 2, softcap * tanh(scores / softcap) before the mask, as its eager attention does."""
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)  # grouped-query heads
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, Hq, Lq, Lk)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is None:  # causal, the queries being the last Lq positions
         q, k = scores.shape[-2:]
         attention_mask = torch.ones(q, k, dtype=torch.bool, device=scores.device).tril(k - q)
@@ -36,16 +40,13 @@ def plain_attention(module, query, key, value, attention_mask, scaling, dropout:
 def device_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs):
     """transformers' attention interface: SDPA on CUDA, plain_attention elsewhere. Keyword arguments that only
-    SDPA or a model's own eager attention reads (sliding_window: our 4D masks already say what each token sees)
-    are passed to SDPA and dropped by the plain form."""
+    SDPA reads (sliding_window: our 4D masks already say what each token sees) are passed to SDPA and dropped by
+    the plain form, which reads softcap."""
     if query.device.type == "cuda":
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    if kwargs.get("softcap") is not None:
-        raise NotImplementedError(f"{type(module).__name__}: attention logit soft-capping is not supported on the "
-                                  f"CPU. Fix: use an LLM without it (Gemma 2 has it; Gemma 3 does not)")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return plain_attention(module, query, key, value, attention_mask, scale, dropout)
+    return plain_attention(module, query, key, value, attention_mask, scale, dropout, kwargs.get("softcap"))
 
 
 AttentionInterface.register(NAME, device_attention)

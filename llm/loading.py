@@ -51,8 +51,8 @@ def load_causal_lm(reference: str = DEFAULT_LLM):
         if "gguf_file" in options:
             location, options = str(convert_gguf(source)), {}
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, attn_implementation=attention.NAME,
-                                                     **options)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32,
+                                                     attn_implementation=attention.NAME, **options)
     except OSError as error:
         raise OSError(f"LLM {reference!r} could not be loaded ({error}). Fix: give a local directory written by "
                       f"save_pretrained, a .gguf file, or {DEFAULT_LLM!r} (offline default)") from error

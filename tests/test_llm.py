@@ -78,6 +78,18 @@ def test_plain_attention_computes_what_sdpa_computes_with_grouped_heads(mask_kin
                for a, b in zip(grads, torch.autograd.grad(expected.square().sum(), (q, k, v))))
 
 
+def test_plain_attention_soft_caps_the_scores_before_the_mask():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 8, dtype=torch.float64) * 4 for _ in range(3))
+    allowed = causal_mask(torch.ones(1, 4, dtype=torch.bool))
+    module, cap = torch.nn.Module().eval(), 2.0
+    _, weights = attention.plain_attention(module, q, k, v, allowed, scaling=1.0, softcap=cap)
+    scores = (cap * torch.tanh(q @ k.transpose(2, 3) / cap)).masked_fill(~allowed, float("-inf"))
+    assert torch.allclose(weights, scores.softmax(-1), atol=1e-6)
+    _, uncapped = attention.plain_attention(module, q, k, v, allowed, scaling=1.0)
+    assert not torch.allclose(weights, uncapped, atol=1e-3)  # the scores here are large enough for the cap to act
+
+
 def test_the_llm_gives_the_same_logits_with_plain_attention_and_sdpa(tiny):
     model = tiny[0]
     ids, valid = pad_left([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]], 0)
