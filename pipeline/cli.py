@@ -64,6 +64,8 @@ def train(
                                                  f"head (default: the preset's, {ModelConfig.head_weight})"),
     lora_r: int = typer.Option(None, help="LoRA rank (default: the preset's); the scale is alpha / r"),
     lora_alpha: int = typer.Option(None, help="LoRA alpha (default: the preset's, whatever --lora-r is)"),
+    lora_dropout: float = typer.Option(None, help=f"Dropout on the LoRA inputs (default: the preset's, "
+                                                  f"{ModelConfig.lora_dropout}); 0 makes a CPU step ~1.3x faster"),
     context_turns: int = typer.Option(None, help=f"Dialogue corpora: preceding turns the context expert reads, "
                                                  f"0 = none (default: {ModelConfig.context_turns})"),
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
@@ -84,7 +86,8 @@ def train(
                                                               "bf16"),
 ):
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
-    model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "context_turns": context_turns,
+    model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+                     "context_turns": context_turns,
                      "max_history_tokens": history_tokens, "head_weight": head_weight}
     if ablate is not None and ablate not in ABLATIONS:
         _fail(ValueError(f"--ablate {ablate}: unknown. Fix: choose one of {', '.join(ABLATIONS)}"))

@@ -15,6 +15,7 @@ from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
 from egmf.pipeline.evaluate import evaluate_run
+from egmf.pipeline.model import ModelConfig
 from egmf.pipeline.train import TrainConfig, Trainer
 
 runner = CliRunner()
@@ -339,13 +340,14 @@ def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class
 
     run = tmp_path / "run"
     r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(run), "--preset", "tiny", "--epochs", "1",
-                                  "--context-turns", "1", "--lora-r", "4"])
+                                  "--context-turns", "1", "--lora-r", "4", "--lora-dropout", "0"])
     assert r.exit_code == 0, r.output
     saved = json.loads((run / "model" / "model.json").read_text())
     assert saved["format"] == 2 and saved["llm"] == "random:llama-tiny"  # a reference, no machine's path
     assert saved["llm_sha256"] == llm_sha256("random:llama-tiny")
     assert saved["context_turns"] == 1 and saved["max_history_tokens"] == 48
     assert (saved["lora_r"], saved["lora_alpha"]) == (4, 16)  # --lora-r leaves the preset's alpha alone
+    assert saved["lora_dropout"] == 0.0 != ModelConfig.lora_dropout
     asked = []
     real = evaluate.load_split
     monkeypatch.setattr(evaluate, "load_split", lambda *a: asked.append(a[2:]) or real(*a))
