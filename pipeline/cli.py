@@ -158,16 +158,26 @@ def probe(
     store: str = typer.Argument(..., help="Feature cache path or URL"),
     modalities: str = typer.Option(None, help="Comma-separated subset (default: every modality of the cache)"),
     test: bool = typer.Option(False, "--test", help="Also score the test split"),
-    out: Path = typer.Option(None, help="Write the metrics JSON here (default: probe-<cache name>.json)"),
+    out: Path = typer.Option(None, help="Write the metrics JSON here (default: probe-<cache name>.json, "
+                                        "fusion-probe-<cache name>.json with --fusion)"),
+    fusion: bool = typer.Option(False, "--fusion", help="Instead: the preset's fusion network + a linear head on "
+                                "its pseudo tokens, no LLM, trained like egmf-train (best dev epoch)"),
+    preset: str = typer.Option(TrainConfig.preset, help="--fusion: the model preset whose fusion network to train"),
+    epochs: int = typer.Option(TrainConfig.epochs, help="--fusion: as egmf-train's"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, help="--fusion: as egmf-train's"),
+    lr: float = typer.Option(TrainConfig.lr, help="--fusion: as egmf-train's"),
+    seed: int = typer.Option(TrainConfig.seed, help="--fusion: as egmf-train's"),
 ):
-    from .probe import probe_cache, probe_table
+    from .probe import fusion_probe, probe_cache, probe_table
 
     try:
         splits = ("dev", "test") if test else ("dev",)
-        result = probe_cache(store, modalities.split(",") if modalities else None, splits)
-    except (CacheError, FileNotFoundError, OSError) as e:
+        chosen = modalities.split(",") if modalities else None
+        result = (fusion_probe(store, chosen, splits, preset, epochs, batch_size, lr, seed) if fusion
+                  else probe_cache(store, chosen, splits))
+    except (CacheError, FileNotFoundError, OSError, ValueError) as e:
         _fail(e)
-    out = out or Path(f"probe-{Path(store.rstrip('/')).name}.json")
+    out = out or Path(f"{'fusion-' if fusion else ''}probe-{Path(store.rstrip('/')).name}.json")
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     typer.echo(f"{result['task']} ({result['cache']}): {result['model']}, {result['train_rows']} train rows")
     typer.echo(probe_table(result))

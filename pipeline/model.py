@@ -114,6 +114,53 @@ class Prediction:
     readings: dict[str, list[float]]  # scores only: every readout of the distribution (SCORE_READOUTS)
 
 
+class AnswerHeads(nn.ModuleList):
+    """The auxiliary heads: per task, a LayerNorm + linear classifier (or regressor) on the mean pseudo token.
+
+    Its own LayerNorm: the pseudo tokens are as small as word embeddings (SmolLM2: RMS ~0.02-0.05), and a linear
+    head on them would start with near-zero outputs and teach the fusion nothing for many epochs.
+    """
+
+    def __init__(self, tasks: list[TaskSpec], width: int):
+        super().__init__([nn.Sequential(nn.LayerNorm(width), nn.Linear(width, len(t.label.classes)
+                                                                        if t.is_classification else 1))
+                          for t in tasks])
+        self.tasks = tasks
+
+    def _outputs(self, tokens: torch.Tensor, batch: Batch):
+        """(task, rows, outputs) per task in the batch; outputs (rows, classes) or (rows, 1)."""
+        pooled = tokens.float().mean(1)  # (B, H)
+        for t in batch.task.unique().tolist():
+            rows = (batch.task == t).nonzero().squeeze(1).tolist()
+            yield t, rows, self[t](pooled[rows])
+
+    def loss(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean over rows of the cross-entropy (classes) or squared error in half-ranges (scores)."""
+        losses = []
+        for t, rows, out in self._outputs(tokens, batch):
+            label = self.tasks[t].label
+            if label.kind == "class":
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device)
+                losses.append(F.cross_entropy(out, target, reduction="sum"))
+            else:
+                target = torch.tensor([batch.targets[i] for i in rows], device=out.device, dtype=out.dtype)
+                half = (label.high - label.low) / 2
+                losses.append((((out.squeeze(1) - target) / half) ** 2).sum())
+        return torch.stack(losses).sum() / len(batch.targets)
+
+    @torch.no_grad()
+    def predict(self, tokens: torch.Tensor, batch: Batch) -> list:
+        """Per row: the class index, or the score clipped to the label's range."""
+        values = [None] * len(batch.targets)
+        for t, rows, out in self._outputs(tokens, batch):
+            label = self.tasks[t].label
+            row_values = (out.argmax(1).tolist() if label.kind == "class"
+                          else out.squeeze(1).clamp(label.low, label.high).tolist())
+            for i, v in zip(rows, row_values):
+                values[i] = v
+        return values
+
+
 class EGMF(nn.Module):
     def __init__(self, config: ModelConfig, adapter: Path | None = None):
         """A fresh model, or with adapter: the LoRA weights saved in that directory."""
@@ -129,11 +176,7 @@ class EGMF(nn.Module):
         self.fusion = FusionNetwork(config.fusion, config.modality_dims, table.shape[1], len(config.tasks),
                                     out_scale=embedding_rms(base))
         # Registered before the LLM: the trainer's parameter groups (fusion side, then LoRA) keep the model's order.
-        # Its own LayerNorm: the pseudo tokens are as small as word embeddings (SmolLM2: RMS ~0.02-0.05), and a linear
-        # head on them would start with near-zero outputs and teach the fusion nothing for many epochs.
-        self.heads = (nn.ModuleList([nn.Sequential(nn.LayerNorm(table.shape[1]), nn.Linear(
-            table.shape[1], len(t.label.classes) if t.is_classification else 1)) for t in config.tasks])
-            if config.head_weight > 0 else None)
+        self.heads = AnswerHeads(config.tasks, table.shape[1]) if config.head_weight > 0 else None
         self.llm = (load_lora(base, adapter) if adapter is not None else
                     attach_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets))
         self.prompter = Prompter(self.tokenizer, [t.label for t in config.tasks], config.fusion.n_tokens,
@@ -167,27 +210,9 @@ class EGMF(nn.Module):
         logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
                           logits_to_keep=max(map(len, answers)) + 1, use_cache=False).logits  # (B, A + 1, V)
         lm_loss = answer_loss(logits, answers)
-        head_loss = self._head_loss(fused.tokens, batch)
+        head_loss = fused.tokens.new_zeros(()) if self.heads is None else self.heads.loss(fused.tokens, batch)
         return ModelOutput(lm_loss + fused.aux_loss + self.config.head_weight * head_loss, lm_loss, fused.aux_loss,
                            head_loss, fused.expert_weights, fused.modality_gates)
-
-    def _head_loss(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Mean over rows of the auxiliary head's cross-entropy (classes) or squared error in half-ranges (scores)."""
-        if self.heads is None:
-            return tokens.new_zeros(())
-        pooled = tokens.float().mean(1)  # (B, H)
-        losses = []
-        for t in batch.task.unique().tolist():
-            rows = (batch.task == t).nonzero().squeeze(1).tolist()
-            out, label = self.heads[t](pooled[rows]), self.config.tasks[t].label
-            if label.kind == "class":
-                target = torch.tensor([batch.targets[i] for i in rows], device=out.device)
-                losses.append(F.cross_entropy(out, target, reduction="sum"))
-            else:
-                target = torch.tensor([batch.targets[i] for i in rows], device=out.device, dtype=out.dtype)
-                half = (label.high - label.low) / 2
-                losses.append((((out.squeeze(1) - target) / half) ** 2).sum())
-        return torch.stack(losses).sum() / len(batch.targets)
 
     def _trie(self, task: int, language: str) -> AnswerTrie:
         key = (task, language)

@@ -4,18 +4,32 @@ A linear model on each utterance's pooled features (mean and standard deviation 
 modality): logistic regression for classes, ridge regression for scores. It is fitted on train and scored on
 dev (and test when asked) with the same metrics as `egmf-eval`, for each modality alone and for all together,
 so every trained model has a baseline from the same cache beside it.
+
+With --fusion, a second baseline: the preset's fusion network alone with the auxiliary head on its mean pseudo
+token (no LLM), trained on train as egmf-train trains the whole model and scored at its best dev epoch. Between the
+linear probe and the full model, it tells which part a gap comes from: the fusion, or the LLM reading its tokens.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from ..cache.reader import Cache
 from ..cache.schema import CacheError
-from .data import SplitData, load_split, pool_steps, task_of
+from ..fuse import FusionNetwork
+from .data import BatchStream, SplitData, feature_statistics, load_split, pool_steps, task_of
+from .evaluate import primary_score
 from .metrics import compute_metrics, metric_kind
+from .model import AnswerHeads
+from .presets import model_config
+from .train import TrainConfig, seed_everything
 
 # One fixed regularisation, not tuned on dev: the probe is a reference point, and tuning it on the split it is
 # scored on would flatter it. Standardised inputs make one strength fit every feature scale.
@@ -43,6 +57,15 @@ def predict_probe(probe, label, x: np.ndarray) -> list:
     return [float(v) for v in np.clip(probe.predict(x), label.low, label.high)]
 
 
+def chosen_modalities(cache: Cache, modalities: list[str] | None) -> list[str]:
+    chosen = list(cache.modalities) if modalities is None else list(modalities)
+    unknown = [m for m in chosen if m not in cache.modalities]
+    if unknown:
+        raise CacheError(f"{cache.url}: --modalities {','.join(chosen)}: {unknown} not in the cache (it has "
+                         f"{','.join(cache.modalities)}). Fix: choose among those")
+    return chosen
+
+
 def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",)) -> dict:
     """Fit on train, score on `splits`, for each modality alone and (with several) all together.
 
@@ -51,11 +74,7 @@ def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str
     """
     cache = Cache.open(url)
     task = task_of(cache)
-    chosen = list(cache.modalities) if modalities is None else list(modalities)
-    unknown = [m for m in chosen if m not in cache.modalities]
-    if unknown:
-        raise CacheError(f"{cache.url}: --modalities {','.join(chosen)}: {unknown} not in the cache (it has "
-                         f"{','.join(cache.modalities)}). Fix: choose among those")
+    chosen = chosen_modalities(cache, modalities)
     data = {split: load_split(cache, split, chosen, task, 0) for split in ("train", *splits)}
     settings = {m: [m] for m in chosen}
     if len(chosen) > 1:
@@ -73,6 +92,64 @@ def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str
     return {"cache": cache.url, "fingerprint": cache.fingerprint, "task": task.name,
             "model": f"{model} on standardised mean+std pooled features", "train_rows": len(data["train"]),
             "settings": results}
+
+
+def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",),
+                 preset: str = TrainConfig.preset, epochs: int = TrainConfig.epochs,
+                 batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr, seed: int = TrainConfig.seed,
+                 progress: bool = True) -> dict:
+    """The fusion network + auxiliary head alone, trained on train with egmf-train's optimiser, schedule and
+    clipping, the best dev epoch scored on `splits`. Returns probe_cache's layout with one setting, the
+    modalities read together as the model reads them ("all", or the one modality's name), and the dev score of
+    every epoch."""
+    cache = Cache.open(url)
+    task = task_of(cache)
+    chosen = chosen_modalities(cache, modalities)
+    config = model_config(preset, {m: cache.encoders[m].dim for m in chosen}, [task])
+    data = {split: load_split(cache, split, chosen, task, 0, config.context_turns)
+            for split in dict.fromkeys(("train", "dev", *splits))}
+    seed_everything(seed)
+    # The pseudo tokens at the fusion's own width: without an LLM there is no embedding table to match.
+    network = FusionNetwork(config.fusion, config.modality_dims, config.fusion.d_model, 1)
+    network.projection.set_statistics({m: tuple(map(torch.from_numpy, v))
+                                       for m, v in feature_statistics([data["train"]]).items()})
+    heads = AnswerHeads([task], config.fusion.d_model)
+    params = [*network.parameters(), *heads.parameters()]
+    stream = BatchStream([data["train"]], batch_size, shuffle=True, seed=seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=TrainConfig.weight_decay)
+    total = len(stream) * epochs
+    sched = get_cosine_schedule_with_warmup(opt, int(TrainConfig.warmup * total), total)
+
+    def score(split: str) -> dict:
+        network.eval()
+        y = []
+        for batch in BatchStream([data[split]], 64, shuffle=False):
+            y += heads.predict(network(batch.features, batch.masks, batch.context, batch.context_mask,
+                                       batch.task).tokens, batch)
+        network.train()
+        return compute_metrics(metric_kind(task.label), data[split].targets, y, class_names=task.label.classes or None,
+                               score_range=(task.label.low, task.label.high))
+
+    history, best = [], None
+    for epoch in tqdm(range(epochs), desc="fusion probe", unit="epoch", disable=not progress):
+        for batch in stream:
+            fused = network(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
+            loss = heads.loss(fused.tokens, batch) + fused.aux_loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
+            opt.step()
+            sched.step()
+        history.append(primary_score(task, score("dev")))
+        if best is None or history[-1] > history[best]:
+            best, state = epoch, copy.deepcopy((network.state_dict(), heads.state_dict()))
+    network.load_state_dict(state[0])
+    heads.load_state_dict(state[1])
+    return {"cache": cache.url, "fingerprint": cache.fingerprint, "task": task.name,
+            "model": f"the {preset} preset's fusion network + a linear head on its mean pseudo token, no LLM "
+                     f"({epochs} epochs, batch {batch_size}, lr {lr}, seed {seed}; best dev epoch {best + 1})",
+            "train_rows": len(data["train"]), "dev_score_by_epoch": history,
+            "settings": {"all" if len(chosen) > 1 else chosen[0]: {split: score(split) for split in splits}}}
 
 
 def probe_table(result: dict) -> str:

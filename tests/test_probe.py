@@ -9,7 +9,7 @@ from egmf.cache.reader import Cache
 from egmf.cache.writer import CacheWriter
 from egmf.pipeline.cli import probe_app
 from egmf.pipeline.data import load_split, task_of
-from egmf.pipeline.probe import pooled_features, probe_cache
+from egmf.pipeline.probe import fusion_probe, pooled_features, probe_cache
 
 from synthetic_cache import EMOTIONS, encoders, rows, spec
 
@@ -76,3 +76,25 @@ def test_probe_command_writes_json_and_a_table(tmp_path):
     assert json.loads(out.read_text())["settings"]["audio"]["dev"]["Accuracy"] > 0.75
     bad = CliRunner().invoke(probe_app, [store, "--modalities", "text"])
     assert bad.exit_code == 1 and "not in the cache" in bad.output
+
+
+def test_fusion_probe_learns_the_informative_modality_and_keeps_its_best_dev_epoch(tmp_path):
+    store = informative_cache(str(tmp_path / "c"))
+    result = fusion_probe(store, splits=("dev", "test"), preset="tiny", epochs=8, batch_size=8, lr=3e-3,
+                          progress=False)
+    both = result["settings"]["all"]
+    assert both["dev"]["Accuracy"] > 0.7 and both["test"]["N"] == 40  # chance ~33%: the fusion reads the audio
+    assert both["dev"]["Weighted_F1"] == max(result["dev_score_by_epoch"])  # scored with the best epoch's weights
+    assert "best dev epoch" in result["model"] and "no LLM" in result["model"]
+    noise = fusion_probe(store, modalities=["visual"], preset="tiny", epochs=8, batch_size=8, lr=3e-3, progress=False)
+    assert noise["settings"]["visual"]["dev"]["Accuracy"] < 0.6
+
+
+def test_probe_command_runs_the_fusion_probe(tmp_path):
+    store = informative_cache(str(tmp_path / "s"), kind="score")
+    out = tmp_path / "fusion.json"
+    result = CliRunner().invoke(probe_app, [store, "--fusion", "--preset", "tiny", "--epochs", "2",
+                                            "--modalities", "audio", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| audio | dev |" in result.output and "MAE" in result.output
+    assert len(json.loads(out.read_text())["dev_score_by_epoch"]) == 2
