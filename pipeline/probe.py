@@ -19,17 +19,16 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from ..cache.reader import Cache
 from ..cache.schema import CacheError
 from ..fuse import FusionNetwork
-from .data import BatchStream, SplitData, feature_statistics, load_split, pool_steps, task_of
-from .evaluate import primary_score
+from .data import BatchStream, SplitData, load_split, pool_steps, task_of
+from .evaluate import EVAL_BATCH_SIZE, primary_score
 from .metrics import compute_metrics, metric_kind
 from .model import AnswerHeads
 from .presets import model_config
-from .train import TrainConfig, seed_everything
+from .train import TrainConfig, feature_dims, optimiser, seed_everything, standardise_inputs
 
 # One fixed regularisation, not tuned on dev: the probe is a reference point, and tuning it on the split it is
 # scored on would flatter it. Standardised inputs make one strength fit every feature scale.
@@ -105,25 +104,22 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
     cache = Cache.open(url)
     task = task_of(cache)
     chosen = chosen_modalities(cache, modalities)
-    config = model_config(preset, {m: cache.encoders[m].dim for m in chosen}, [task])
+    config = model_config(preset, feature_dims([cache], chosen), [task])
     data = {split: load_split(cache, split, chosen, task, 0, config.context_turns)
             for split in dict.fromkeys(("train", "dev", *splits))}
     seed_everything(seed)
     # The pseudo tokens at the fusion's own width: without an LLM there is no embedding table to match.
     network = FusionNetwork(config.fusion, config.modality_dims, config.fusion.d_model, 1)
-    network.projection.set_statistics({m: tuple(map(torch.from_numpy, v))
-                                       for m, v in feature_statistics([data["train"]]).items()})
+    standardise_inputs(network, [data["train"]])
     heads = AnswerHeads([task], config.fusion.d_model)
     params = [*network.parameters(), *heads.parameters()]
     stream = BatchStream([data["train"]], batch_size, shuffle=True, seed=seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=TrainConfig.weight_decay)
-    total = len(stream) * epochs
-    sched = get_cosine_schedule_with_warmup(opt, int(TrainConfig.warmup * total), total)
+    opt, sched = optimiser(params, lr, len(stream) * epochs)
 
     def score(split: str) -> dict:
         network.eval()
         y = []
-        for batch in BatchStream([data[split]], 64, shuffle=False):
+        for batch in BatchStream([data[split]], EVAL_BATCH_SIZE, shuffle=False):
             y += heads.predict(network(batch.features, batch.masks, batch.context, batch.context_mask,
                                        batch.task).tokens, batch)
         network.train()

@@ -120,6 +120,18 @@ def parameter_groups(model: EGMF, lr: float, fusion_lr: float | None) -> list[di
             {"params": [p for n, p in named if n.startswith("llm.")], "lr": lr}]
 
 
+def standardise_inputs(fusion, train: list[SplitData]) -> None:
+    """The fusion standardises each feature dimension with the training split's mean and standard deviation."""
+    fusion.projection.set_statistics({m: tuple(map(torch.from_numpy, v)) for m, v in feature_statistics(train).items()})
+
+
+def optimiser(params, lr: float, total: float, weight_decay: float = TrainConfig.weight_decay,
+              warmup: float = TrainConfig.warmup):
+    """AdamW and its schedule over `total` steps: linear warm-up for a `warmup` fraction, then cosine decay."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return opt, get_cosine_schedule_with_warmup(opt, int(warmup * total), int(total))
+
+
 def llm_tokens(model: EGMF, data: SplitData) -> np.ndarray:
     """(n,) tokens each row of a split puts through the LLM, prompt and answer: the key of length bucketing."""
     p = model.prompter
@@ -202,17 +214,15 @@ class Trainer:
             raise ConfigError(f"--preset {cfg.preset} with {cfg.overrides}: {e}") from e
         train, dev = self._splits("train", mcfg.context_turns), self._splits("dev", mcfg.context_turns)
         model = EGMF(mcfg)
-        model.fusion.projection.set_statistics({m: tuple(map(torch.from_numpy, v))
-                                                for m, v in feature_statistics(train).items()})
+        standardise_inputs(model.fusion, train)
         model = model.to(self.device)
         lengths = [llm_tokens(model, d) for d in train] if cfg.bucket_by_length else None
         stream = BatchStream(train, cfg.batch_size, shuffle=True, seed=cfg.seed, rank=self.rank, world=self.world,
                              lengths=lengths)
         steps_per_epoch = len(stream)
         total = min(math.inf if cfg.max_steps is None else cfg.max_steps, steps_per_epoch * cfg.epochs)
-        opt = torch.optim.AdamW(parameter_groups(model, cfg.lr, cfg.fusion_lr), lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-        sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup * total), int(total))
+        opt, sched = optimiser(parameter_groups(model, cfg.lr, cfg.fusion_lr), cfg.lr, total, cfg.weight_decay,
+                               cfg.warmup)
         wrapped = self._wrap(model)
         fresh = Progress().to_dict()
         del fresh["epoch_losses"]  # a checkpoint taken between epochs may have none
