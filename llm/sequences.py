@@ -67,8 +67,9 @@ def embedding_rms(lm) -> float:
     return table.pow(2).mean().sqrt().item() * scale.item()
 
 
-def answer_loss(logits: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens that end each row.
+def answer_loss(logits: torch.Tensor, answers: list[list[int]], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens that end each row; with weights (B,), each row's tokens count that
+    many times (divided by the number of answer tokens either way, so weights of mean 1 keep the loss's scale).
 
     logits (B, A+1, V) are the last A+1 positions of left-padded rows whose last len(answers[b]) tokens are
     the answer, A = the longest answer; position t predicts token t+1.
@@ -77,5 +78,8 @@ def answer_loss(logits: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
     targets = torch.full((len(answers), A), -100, dtype=torch.long)
     for i, answer in enumerate(answers):
         targets[i, A - len(answer):] = torch.tensor(answer, dtype=torch.long)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                           targets.to(logits.device).reshape(-1), ignore_index=-100)
+    targets = targets.to(logits.device)
+    losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                             ignore_index=-100, reduction="none").view(len(answers), A)  # 0 where ignored
+    per_row = losses.sum(1) if weights is None else losses.sum(1) * weights
+    return per_row.sum() / (targets != -100).sum()

@@ -134,18 +134,20 @@ class AnswerHeads(nn.ModuleList):
             rows = (batch.task == t).nonzero().squeeze(1).tolist()
             yield t, rows, self[t](pooled[rows])
 
-    def loss(self, tokens: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Mean over rows of the cross-entropy (classes) or squared error in half-ranges (scores)."""
+    def loss(self, tokens: torch.Tensor, batch: Batch, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over rows of the cross-entropy (classes) or squared error in half-ranges (scores); weights (B,):
+        each row's share, as in answer_loss."""
         losses = []
         for t, rows, out in self._outputs(tokens, batch):
             label = self.tasks[t].label
             if label.kind == "class":
                 target = torch.tensor([batch.targets[i] for i in rows], device=out.device)
-                losses.append(F.cross_entropy(out, target, reduction="sum"))
+                row_loss = F.cross_entropy(out, target, reduction="none")
             else:
                 target = torch.tensor([batch.targets[i] for i in rows], device=out.device, dtype=out.dtype)
                 half = (label.high - label.low) / 2
-                losses.append((((out.squeeze(1) - target) / half) ** 2).sum())
+                row_loss = ((out.squeeze(1) - target) / half) ** 2
+            losses.append((row_loss if weights is None else row_loss * weights[rows]).sum())
         return torch.stack(losses).sum() / len(batch.targets)
 
     @torch.no_grad()
@@ -184,6 +186,9 @@ class EGMF(nn.Module):
         ids = (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0)
         self.filler = next(i for i in ids if i is not None)  # any real id: padding is masked, placeholders replaced
         self._tries: dict[tuple[int, str], AnswerTrie] = {}
+        # Per task: a training loss weight per class (pipeline.train.class_weights), None = every row counts once.
+        # Training only, so neither saved nor part of the config.
+        self.class_weights: list[torch.Tensor | None] = [None] * len(config.tasks)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -202,6 +207,13 @@ class EGMF(nn.Module):
         """Tokens each row of a training batch puts through the LLM: its prompt and its answer."""
         return [len(p) + len(a) for p, a in zip(self._prompts(batch), self._answers(batch))]
 
+    def row_weights(self, batch: Batch) -> torch.Tensor | None:
+        """(B,) each row's weight in the training losses from its task's class weights; None when no task has any."""
+        if all(w is None for w in self.class_weights):
+            return None
+        return torch.tensor([1.0 if self.class_weights[t] is None else float(self.class_weights[t][y])
+                             for t, y in zip(batch.task.tolist(), batch.targets)], device=batch.task.device)
+
     def forward(self, batch: Batch) -> ModelOutput:
         fused = self.fusion(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
         answers = self._answers(batch)
@@ -209,8 +221,10 @@ class EGMF(nn.Module):
         embeds, valid = embed_rows(self.llm, rows, fused.tokens, self.filler)  # (B, L, H), (B, L)
         logits = self.llm(inputs_embeds=embeds, attention_mask=causal_mask(valid), position_ids=positions(valid),
                           logits_to_keep=max(map(len, answers)) + 1, use_cache=False).logits  # (B, A + 1, V)
-        lm_loss = answer_loss(logits, answers)
-        head_loss = fused.tokens.new_zeros(()) if self.heads is None else self.heads.loss(fused.tokens, batch)
+        weights = self.row_weights(batch)
+        lm_loss = answer_loss(logits, answers, weights)
+        head_loss = (fused.tokens.new_zeros(()) if self.heads is None
+                     else self.heads.loss(fused.tokens, batch, weights))
         return ModelOutput(lm_loss + fused.aux_loss + self.config.head_weight * head_loss, lm_loss, fused.aux_loss,
                            head_loss, fused.expert_weights, fused.modality_gates)
 

@@ -220,6 +220,9 @@ def test_padding_changes_nothing_and_loss_covers_only_the_answer(tiny, prompter)
                  enumerate(zip(rows, answers))]
     n_tokens = sum(map(len, answers))
     assert loss.item() == pytest.approx(-sum(alone).item() / n_tokens, rel=1e-4)
+    # Class weighting: each row's tokens count its weight's times, over the same number of answer tokens.
+    weighted = answer_loss(logits, answers, torch.tensor([2.0, 0.0]))
+    assert weighted.item() == pytest.approx(-2 * alone[0].item() / n_tokens, rel=1e-4)
 
 
 def test_splicing_puts_each_rows_pseudo_tokens_at_its_placeholders(tiny, prompter):

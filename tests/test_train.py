@@ -193,6 +193,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     ("--checkpoint-every", "-1", "--checkpoint-every -1: must be at least 0"),
     ("--patience", "0", "--patience 0: must be at least 1"),
     ("--precision", "fp16", "--precision fp16: unknown. Fix: choose one of auto, fp32, bf16"),
+    ("--class-weighting", "-0.5", "--class-weighting -0.5: must be at least 0. Fix: pass 0 for unweighted"),
 ])
 def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tmp_path, option, value, message):
     r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / "run"), "--preset", "tiny",
@@ -431,6 +432,37 @@ def test_the_auxiliary_head_and_the_fusion_rate_are_trained_and_recorded(class_c
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert [g["initial_lr"] for g in checkpoint["optimizer"]["param_groups"]] == [5e-3, 1e-3]
     assert any(k.startswith("heads.") for k in checkpoint["model"]) and summary["steps"] > 0
+def test_class_weights_follow_inverse_class_frequency_with_mean_one_over_the_training_rows():
+    from types import SimpleNamespace
+    from egmf.cache.schema import LabelSpec
+    from egmf.pipeline.batch import TaskSpec
+    from egmf.pipeline.train import class_weights
+    task = TaskSpec("x/emotion", LabelSpec("emotion", "class", ("a", "b", "c")))
+    data = SimpleNamespace(targets=[0] * 6 + [1] * 2)  # no row of class c
+    np.testing.assert_allclose(class_weights(data, task, 1.0).numpy(), [2 / 3, 2, 0], rtol=1e-6)
+    sqrt = class_weights(data, task, 0.5).numpy()
+    assert sqrt[1] / sqrt[0] == pytest.approx(3 ** 0.5) and (6 * sqrt[0] + 2 * sqrt[1]) / 8 == pytest.approx(1)
+    assert class_weights(data, task, 0.0) is None
+    score = TaskSpec("x/sentiment", LabelSpec("sentiment", "score", low=-1.0, high=1.0))
+    assert class_weights(SimpleNamespace(targets=[0.5, -0.2]), score, 1.0) is None
+
+
+def test_class_weighting_changes_the_training_loss_and_is_recorded(class_cache, tmp_path):
+    from egmf.pipeline.data import load_split, task_of
+    from egmf.pipeline.train import class_weights
+    plain = _train(class_cache, tmp_path / "plain", epochs=1)
+    weighted = _train(class_cache, tmp_path / "weighted", epochs=1, class_weighting=1.0)
+    cache = Cache.open(class_cache)
+    task = task_of(cache)
+    expected = class_weights(load_split(cache, "train", cache.modalities, task, 0), task, 1.0)
+    recorded = json.loads((tmp_path / "weighted" / "metrics.json").read_text())["summary"]["class_weights"]
+    assert list(recorded[task.name].values()) == pytest.approx(expected.tolist())
+    assert plain["class_weights"] == {}
+    assert json.loads((tmp_path / "weighted" / "config.json").read_text())["train"]["class_weighting"] == 1.0
+    loss = lambda run: json.loads((tmp_path / run / "metrics.json").read_text())["history"][0]["train_loss"]
+    assert loss("weighted") != pytest.approx(loss("plain"), rel=1e-4)
+
+
 def test_the_fusion_standardises_with_statistics_of_the_training_split(class_cache, tmp_path):
     from egmf.pipeline.data import feature_statistics, load_split, task_of
     from safetensors.torch import load_file
