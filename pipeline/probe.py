@@ -28,7 +28,7 @@ from .evaluate import EVAL_BATCH_SIZE, primary_score
 from .metrics import compute_metrics, metric_kind
 from .model import AnswerHeads
 from .presets import model_config
-from .train import TrainConfig, feature_dims, optimiser, seed_everything, standardise_inputs
+from .train import TrainConfig, feature_dims, fit_fusion_alone, seed_everything, standardise_inputs
 
 # One fixed regularisation, not tuned on dev: the probe is a reference point, and tuning it on the split it is
 # scored on would flatter it. Standardised inputs make one strength fit every feature scale.
@@ -112,9 +112,7 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
     network = FusionNetwork(config.fusion, config.modality_dims, config.fusion.d_model, 1)
     standardise_inputs(network, [data["train"]])
     heads = AnswerHeads([task], config.fusion.d_model)
-    params = [*network.parameters(), *heads.parameters()]
     stream = BatchStream([data["train"]], batch_size, shuffle=True, seed=seed)
-    opt, sched = optimiser(params, lr, len(stream) * epochs)
 
     def score(split: str) -> dict:
         network.eval()
@@ -126,24 +124,20 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
         return compute_metrics(metric_kind(task.label), data[split].targets, y, class_names=task.label.classes or None,
                                score_range=(task.label.low, task.label.high))
 
-    history, best = [], None
-    for epoch in tqdm(range(epochs), desc="fusion probe", unit="epoch", disable=not progress):
-        for batch in stream:
-            fused = network(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
-            loss = heads.loss(fused.tokens, batch) + fused.aux_loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
-            opt.step()
-            sched.step()
+    history, best = [], {}
+
+    def keep_best(epoch: int):
         history.append(primary_score(task, score("dev")))
-        if best is None or history[-1] > history[best]:
-            best, state = epoch, copy.deepcopy((network.state_dict(), heads.state_dict()))
+        if not best or history[-1] > history[best["epoch"]]:
+            best.update(epoch=epoch, state=copy.deepcopy((network.state_dict(), heads.state_dict())))
+
+    fit_fusion_alone(network, heads, stream, epochs, lr, after_epoch=keep_best, progress=progress)
+    state = best["state"]
     network.load_state_dict(state[0])
     heads.load_state_dict(state[1])
     return {"cache": cache.url, "fingerprint": cache.fingerprint, "task": task.name,
             "model": f"the {preset} preset's fusion network + a linear head on its mean pseudo token, no LLM "
-                     f"({epochs} epochs, batch {batch_size}, lr {lr}, seed {seed}; best dev epoch {best + 1})",
+                     f"({epochs} epochs, batch {batch_size}, lr {lr}, seed {seed}; best dev epoch {best['epoch'] + 1})",
             "train_rows": len(data["train"]), "dev_score_by_epoch": history,
             "settings": {"all" if len(chosen) > 1 else chosen[0]: {split: score(split) for split in splits}}}
 

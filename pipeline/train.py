@@ -61,6 +61,9 @@ class TrainConfig:
     # random batches, 1% bucketed. One epoch, seed 0: dev weighted F1 56.7 bucketed against 56.3 in random batches,
     # 34.7 against 42.4 minutes of steps (README, MELD).
     bucket_by_length: bool = True
+    # Epochs of the fusion network and the auxiliary head trained alone (no LLM) before the model's epochs, so
+    # that the LLM learns to read pseudo tokens that already carry the label; needs the head.
+    fusion_warmup: int = 0
     # Training loss weight of a class = (its share of the training rows / the mean share) ** -class_weighting,
     # scaled so that the training rows' mean weight is 1: 0 = every row counts once, 1 = inverse frequency,
     # 0.5 its square root. Classification tasks only.
@@ -77,6 +80,8 @@ class TrainConfig:
                   "patience": (self.patience, 1, "stop after 1 or more epochs without a better dev score"),
                   "checkpoint-every": (self.checkpoint_every, 0, "pass 0 for a checkpoint only after each epoch"),
                   "eval-batch-size": (self.eval_batch_size, 1, "use 1 or more rows per batch"),
+                  "fusion-warmup": (self.fusion_warmup, 0, "pass 0 to train the fusion with the LLM from the "
+                                                           "start"),
                   "class-weighting": (self.class_weighting, 0, "pass 0 for unweighted classes, 1 for inverse "
                                                                "class frequency")}
         for option, (value, lowest, fix) in limits.items():
@@ -136,6 +141,37 @@ def optimiser(params, lr: float, total: float, weight_decay: float = TrainConfig
     """AdamW and its schedule over `total` steps: linear warm-up for a `warmup` fraction, then cosine decay."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return opt, get_cosine_schedule_with_warmup(opt, int(warmup * total), int(total))
+
+
+def fit_fusion_alone(network, heads, stream: BatchStream, epochs: int, lr: float, device=torch.device("cpu"),
+                     row_weights=None, after_epoch=None, progress: bool = True,
+                     weight_decay: float = TrainConfig.weight_decay, warmup: float = TrainConfig.warmup) -> None:
+    """Train a fusion network and its auxiliary heads without the LLM, with egmf-train's optimiser, schedule and
+    clipping: the head's loss on the pseudo tokens + the expert gate's balance loss. row_weights(batch): the
+    rows' loss weights (class weighting); after_epoch(epoch) runs after each epoch. Under torchrun, every
+    process trains on its own batches and the gradients are averaged, as DDP does for the whole model."""
+    params = [*network.parameters(), *heads.parameters()]
+    opt, sched = optimiser(params, lr, len(stream) * epochs, weight_decay, warmup)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    for epoch in tqdm(range(epochs), desc="fusion alone", unit="epoch", disable=not progress):
+        stream.epoch = epoch
+        for batch in stream:
+            batch = batch.to(device)
+            fused = network(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
+            loss = heads.loss(fused.tokens, batch, None if row_weights is None else row_weights(batch))
+            opt.zero_grad(set_to_none=True)
+            (loss + fused.aux_loss).backward()
+            if world > 1:
+                for p in params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+            torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
+            opt.step()
+            sched.step()
+        if after_epoch is not None:
+            after_epoch(epoch)
+    stream.epoch = 0
 
 
 def class_weights(data: SplitData, task, power: float) -> torch.Tensor | None:
@@ -230,6 +266,10 @@ class Trainer:
             mcfg = model_config(cfg.preset, self.dims, self.tasks, **cfg.overrides)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"--preset {cfg.preset} with {cfg.overrides}: {e}") from e
+        if cfg.fusion_warmup and mcfg.head_weight == 0:
+            raise ConfigError("--fusion-warmup trains the fusion through the auxiliary head, and this model has none "
+                              "(--head-weight 0, or --ablate no-tokens). Fix: leave --fusion-warmup out or give the "
+                              "head a weight")
         train, dev = self._splits("train", mcfg.context_turns), self._splits("dev", mcfg.context_turns)
         model = EGMF(mcfg)
         standardise_inputs(model.fusion, train)
@@ -247,6 +287,10 @@ class Trainer:
         del fresh["epoch_losses"]  # a checkpoint taken between epochs may have none
         saved = self.run.resume(model, opt, sched, like=fresh)
         state = Progress.from_dict(saved) if saved else Progress()
+        if cfg.fusion_warmup and not saved:  # a resumed run's checkpoint holds the warmed-up fusion
+            fit_fusion_alone(model.fusion, model.heads, stream, cfg.fusion_warmup, cfg.fusion_lr or cfg.lr,
+                             self.device, model.row_weights, progress=cfg.progress and self.rank == 0,
+                             weight_decay=cfg.weight_decay, warmup=cfg.warmup)
         if self.rank == 0:
             self.run.write_config(cfg, model.config, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state.step, desc="train", unit="step",

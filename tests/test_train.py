@@ -193,6 +193,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     ("--checkpoint-every", "-1", "--checkpoint-every -1: must be at least 0"),
     ("--patience", "0", "--patience 0: must be at least 1"),
     ("--precision", "fp16", "--precision fp16: unknown. Fix: choose one of auto, fp32, bf16"),
+    ("--fusion-warmup", "-1", "--fusion-warmup -1: must be at least 0. Fix: pass 0 to train the fusion with the LLM"),
     ("--class-weighting", "-0.5", "--class-weighting -0.5: must be at least 0. Fix: pass 0 for unweighted"),
 ])
 def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tmp_path, option, value, message):
@@ -461,6 +462,36 @@ def test_class_weighting_changes_the_training_loss_and_is_recorded(class_cache, 
     assert json.loads((tmp_path / "weighted" / "config.json").read_text())["train"]["class_weighting"] == 1.0
     loss = lambda run: json.loads((tmp_path / run / "metrics.json").read_text())["history"][0]["train_loss"]
     assert loss("weighted") != pytest.approx(loss("plain"), rel=1e-4)
+
+
+def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(class_cache, tmp_path, monkeypatch):
+    import egmf.pipeline.train as train
+    from egmf.pipeline.train import ConfigError
+    fit, seen = train.fit_fusion_alone, []
+
+    def head_loss(network, heads, stream) -> float:
+        network.eval()
+        with torch.no_grad():
+            losses = [heads.loss(network(b.features, b.masks, b.context, b.context_mask, b.task).tokens, b).item()
+                      for b in stream]
+        network.train()
+        return float(np.mean(losses))
+
+    def spy(network, heads, stream, epochs, lr, *args, **kw):
+        before = head_loss(network, heads, stream)
+        fit(network, heads, stream, epochs, lr, *args, **kw)
+        seen.append((epochs, lr, before, head_loss(network, heads, stream)))
+
+    monkeypatch.setattr(train, "fit_fusion_alone", spy)
+    summary = _train(class_cache, tmp_path / "warm", epochs=1, fusion_lr=1e-2, fusion_warmup=5)
+    (epochs, lr, before, after), = seen
+    assert (epochs, lr) == (5, 1e-2) and after < 0.8 * before  # the head fits the 10 training rows
+    assert summary["steps"] == 2  # the warm-up's steps are not the model's
+    assert json.loads((tmp_path / "warm" / "config.json").read_text())["train"]["fusion_warmup"] == 5
+    _train(class_cache, tmp_path / "cold", epochs=1)
+    assert len(seen) == 1  # no warm-up unless asked
+    with pytest.raises(ConfigError, match="--fusion-warmup trains the fusion through the auxiliary head"):
+        _train(class_cache, tmp_path / "headless", epochs=1, fusion_warmup=1, overrides={"head_weight": 0.0})
 
 
 def test_the_fusion_standardises_with_statistics_of_the_training_split(class_cache, tmp_path):
