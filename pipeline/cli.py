@@ -77,7 +77,8 @@ def train(
                                           "together: less padding, faster steps (MELD text-only: 28% of the LLM's "
                                           "tokens were padding, 1% bucketed)"),
     fusion_warmup: int = typer.Option(TrainConfig.fusion_warmup, help="Epochs of the fusion and the auxiliary head "
-                                      "trained alone (no LLM, at --fusion-lr or --lr) before the model's epochs"),
+                                      "trained alone (no LLM) before the model's epochs, at --fusion-lr, or at --lr when "
+                                      "that is 0 or unset: --fusion-lr 0 then keeps the warmed-up fusion frozen"),
     class_weighting: float = typer.Option(TrainConfig.class_weighting, help="Weight rare classes up in the training "
                                           "losses: (class share / mean share) ** -P, mean 1 over the training rows; "
                                           "0 = none, 1 = inverse frequency, 0.5 its square root"),

@@ -62,7 +62,9 @@ class TrainConfig:
     # 34.7 against 42.4 minutes of steps (README, MELD).
     bucket_by_length: bool = True
     # Epochs of the fusion network and the auxiliary head trained alone (no LLM) before the model's epochs, so
-    # that the LLM learns to read pseudo tokens that already carry the label; needs the head.
+    # that the LLM learns to read pseudo tokens that already carry the label; needs the head. It runs at
+    # fusion_lr, or at lr when fusion_lr is None or 0: with fusion_lr 0 the LLM then reads a fusion frozen as the
+    # warm-up left it.
     fusion_warmup: int = 0
     # Training loss weight of a class = (its share of the training rows / the mean share) ** -class_weighting,
     # scaled so that the training rows' mean weight is 1: 0 = every row counts once, 1 = inverse frequency,

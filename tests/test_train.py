@@ -467,6 +467,7 @@ def test_class_weighting_changes_the_training_loss_and_is_recorded(class_cache, 
 def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(class_cache, tmp_path, monkeypatch):
     import egmf.pipeline.train as train
     from egmf.pipeline.train import ConfigError
+    from safetensors.torch import load_file
     fit, seen = train.fit_fusion_alone, []
 
     def head_loss(network, heads, stream) -> float:
@@ -480,16 +481,22 @@ def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(
     def spy(network, heads, stream, epochs, lr, *args, **kw):
         before = head_loss(network, heads, stream)
         fit(network, heads, stream, epochs, lr, *args, **kw)
-        seen.append((epochs, lr, before, head_loss(network, heads, stream)))
+        seen.append((epochs, lr, before, head_loss(network, heads, stream),
+                     {k: v.clone() for k, v in network.state_dict().items()}))
 
     monkeypatch.setattr(train, "fit_fusion_alone", spy)
     summary = _train(class_cache, tmp_path / "warm", epochs=1, fusion_lr=1e-2, fusion_warmup=5)
-    (epochs, lr, before, after), = seen
+    (epochs, lr, before, after, _), = seen
     assert (epochs, lr) == (5, 1e-2) and after < 0.8 * before  # the head fits the 10 training rows
     assert summary["steps"] == 2  # the warm-up's steps are not the model's
     assert json.loads((tmp_path / "warm" / "config.json").read_text())["train"]["fusion_warmup"] == 5
     _train(class_cache, tmp_path / "cold", epochs=1)
     assert len(seen) == 1  # no warm-up unless asked
+    # --fusion-lr 0: the warm-up runs at --lr, and the LLM then reads the fusion as the warm-up left it.
+    _train(class_cache, tmp_path / "frozen", epochs=1, fusion_lr=0.0, fusion_warmup=2)
+    epochs, lr, _, _, warmed = seen[1]
+    saved = load_file(tmp_path / "frozen" / "model" / "fusion.safetensors")
+    assert (epochs, lr) == (2, 1e-3) and all(torch.equal(saved[k], warmed[k]) for k in warmed)
     with pytest.raises(ConfigError, match="--fusion-warmup trains the fusion through the auxiliary head"):
         _train(class_cache, tmp_path / "headless", epochs=1, fusion_warmup=1, overrides={"head_weight": 0.0})
 
