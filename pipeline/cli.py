@@ -68,6 +68,9 @@ def train(
                                                   f"{ModelConfig.lora_dropout}); 0 makes a CPU step ~1.3x faster"),
     context_turns: int = typer.Option(None, help=f"Dialogue corpora: preceding turns the context expert reads, "
                                                  f"0 = none (default: {ModelConfig.context_turns})"),
+    speaker_pattern: str = typer.Option(None, help="A regular expression whose first group names the speaker in "
+                                        "each clip id (RAVDESS: '-(\\d+)$'): features are standardised per speaker "
+                                        "over a split's clips; recorded in model.json, egmf-eval does the same"),
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
@@ -94,7 +97,8 @@ def train(
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
     model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
                      "context_turns": context_turns,
-                     "max_history_tokens": history_tokens, "head_weight": head_weight}
+                     "max_history_tokens": history_tokens, "head_weight": head_weight,
+                     "speaker_pattern": speaker_pattern}
     if ablate is not None and ablate not in ABLATIONS:
         _fail(ValueError(f"--ablate {ablate}: unknown. Fix: choose one of {', '.join(ABLATIONS)}"))
     if ablate is not None:
@@ -173,14 +177,17 @@ def probe(
     batch_size: int = typer.Option(TrainConfig.batch_size, help="--fusion: as egmf-train's"),
     lr: float = typer.Option(TrainConfig.lr, help="--fusion: as egmf-train's"),
     seed: int = typer.Option(TrainConfig.seed, help="--fusion: as egmf-train's"),
+    speaker_pattern: str = typer.Option(None, help="Standardise each speaker's features first, as egmf-train's "
+                                                   "--speaker-pattern"),
 ):
     from .probe import fusion_probe, probe_cache, probe_table
 
     try:
         splits = ("dev", "test") if test else ("dev",)
         chosen = modalities.split(",") if modalities else None
-        result = (fusion_probe(store, chosen, splits, preset, epochs, batch_size, lr, seed) if fusion
-                  else probe_cache(store, chosen, splits))
+        result = (fusion_probe(store, chosen, splits, preset, epochs, batch_size, lr, seed,
+                               speaker_pattern=speaker_pattern) if fusion
+                  else probe_cache(store, chosen, splits, speaker_pattern))
     except (CacheError, FileNotFoundError, OSError, ValueError) as e:
         _fail(e)
     out = out or Path(f"{'fusion-' if fusion else ''}probe-{Path(store.rstrip('/')).name}.json")

@@ -6,6 +6,7 @@ preceding turns of its dialogue (the global context expert's input) and their tr
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,25 +69,67 @@ def pool_steps(x: np.ndarray, lengths: np.ndarray, with_std: bool = False, rows:
     return out
 
 
+def _step_sums(x: np.ndarray, n: np.ndarray, rows: int = 256) -> tuple:
+    """Sum, sum of squares (each (D,) float64) and count of the valid steps of rows x (r, T, D) with lengths n."""
+    total, square, count = 0.0, 0.0, 0
+    for a in range(0, len(x), rows):
+        block = x[a: a + rows].astype(np.float64)
+        steps = (np.arange(x.shape[1])[None, :] < n[a: a + rows, None])[..., None]  # (r, T, 1)
+        total = total + (block * steps).sum((0, 1))
+        square = square + (block ** 2 * steps).sum((0, 1))
+        count += int(steps.sum())
+    return total, square, count
+
+
+def _mean_std(total, square, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 from step sums. A dimension that barely varies keeps a floor of 1% of the mean std, so
+    it is not blown up into noise elsewhere."""
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(square / max(count, 1) - mean ** 2, 0.0))
+    return mean.astype(np.float32), np.maximum(std, 0.01 * std.mean() + 1e-6).astype(np.float32)
+
+
 def feature_statistics(splits: list[SplitData], rows: int = 256) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """modality -> (mean, std), each (D,) float32, over every valid step of every row of the splits (the training
-    splits: what the fusion standardises its input with). A dimension that barely varies keeps a floor of 1% of
-    the modality's mean std, so it is not blown up into noise elsewhere."""
+    splits: what the fusion standardises its input with)."""
     stats = {}
     for m in splits[0].features:
-        total, square, count = 0.0, 0.0, 0
-        for s in splits:
-            x, n = s.features[m], s.lengths[m]
-            for a in range(0, len(x), rows):
-                block = x[a: a + rows].astype(np.float64)
-                steps = (np.arange(x.shape[1])[None, :] < n[a: a + rows, None])[..., None]  # (r, T, 1)
-                total = total + (block * steps).sum((0, 1))
-                square = square + (block ** 2 * steps).sum((0, 1))
-                count += int(steps.sum())
-        mean = total / max(count, 1)
-        std = np.sqrt(np.maximum(square / max(count, 1) - mean ** 2, 0.0))
-        stats[m] = (mean.astype(np.float32), np.maximum(std, 0.01 * std.mean() + 1e-6).astype(np.float32))
+        sums = [_step_sums(s.features[m], s.lengths[m], rows) for s in splits]
+        stats[m] = _mean_std(*(sum(v) for v in zip(*sums)))
     return stats
+
+
+def speakers_of(ids, pattern: str, where: str) -> np.ndarray:
+    """Each clip's speaker: the first group of `pattern` (or its whole match) searched in the clip id."""
+    try:
+        regex, speakers = re.compile(pattern), []
+    except re.error as e:
+        raise CacheError(f"speaker pattern {pattern!r}: not a regular expression ({e}). Fix: correct it, e.g. "
+                         f"'-(\\d+)$' for RAVDESS ids") from e
+    for clip in ids:
+        match = regex.search(clip)
+        if match is None:
+            raise CacheError(f"{where}: clip id {clip!r} does not match the speaker pattern {pattern!r}. Fix: give a "
+                             f"regular expression whose first group names the speaker in every id of the cache "
+                             f"(RAVDESS: '-(\\d+)$', the actor)")
+        speakers.append(match.group(1) if regex.groups else match.group(0))
+    return np.array(speakers)
+
+
+def standardise_per_speaker(features: dict[str, np.ndarray], lengths: dict[str, np.ndarray],
+                            speakers: np.ndarray) -> None:
+    """In place: each speaker's valid steps standardised with that speaker's own mean and standard deviation over
+    its rows, so that what is left is how a clip differs from the speaker's usual voice (or face, or wording)."""
+    for m, x in features.items():
+        n = lengths[m]
+        for who in np.unique(speakers):
+            rows = np.flatnonzero(speakers == who)
+            total, square, count = _step_sums(x[rows], n[rows])
+            if count == 0:  # the modality is missing in every clip of this speaker
+                continue
+            mean, std = _mean_std(total, square, count)
+            steps = (np.arange(x.shape[1])[None, :] < n[rows, None])[..., None]
+            x[rows] = np.where(steps, (x[rows].astype(np.float32) - mean) / std, 0).astype(x.dtype)
 
 
 def check_extracted(cache: Cache, split: str) -> None:
@@ -104,7 +147,9 @@ def check_extracted(cache: Cache, split: str) -> None:
 
 
 def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
-               context_turns: int = 0) -> SplitData:
+               context_turns: int = 0, speaker_pattern: str | None = None) -> SplitData:
+    """The labelled rows of a split in memory; with speaker_pattern (speakers_of), each speaker's features are
+    standardised over its rows of the split (standardise_per_speaker)."""
     check_extracted(cache, split)
     rows = cache.rows(split)
     label = cache.labels[task.label.name][rows]
@@ -116,6 +161,8 @@ def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index:
     feats, lengths = {}, {}
     for m in modalities:
         feats[m], lengths[m] = cache.features(m, rows, lazy=False)
+    if speaker_pattern is not None:
+        standardise_per_speaker(feats, lengths, speakers_of(cache.meta["id"][rows], speaker_pattern, cache.url))
     targets = [int(v) for v in label] if task.is_classification else [float(v) for v in label]
     # The transcript reaches the LLM through the prompt too: without the text modality it is left out there
     # as well, so a model trained on audio or visual alone really sees nothing of the words.

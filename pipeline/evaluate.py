@@ -131,7 +131,8 @@ def score_run(run: RunFolder, cache: Cache, split: str, batch_size: int = EVAL_B
     model = run.load_model().to(chosen)
     task_index = run.task_index(cache)
     task = model.config.tasks[task_index]
-    data = load_split(cache, split, list(model.config.modality_dims), task, task_index, model.config.context_turns)
+    data = load_split(cache, split, list(model.config.modality_dims), task, task_index, model.config.context_turns,
+                      model.config.speaker_pattern)
     return score_split(model, data, task, batch_size, chosen, run_bf16(run, chosen))
 
 

@@ -9,6 +9,7 @@ sha256, from which the LLM is loaded again and checked.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -62,6 +63,11 @@ class ModelConfig:
     # RAVDESS audio-only dev accuracy, SmolLM2, 6 epochs, seeds 0-2: 73.3 +- 2.1 with weight 1, 60.2 +- 11.2
     # without (README, RAVDESS section).
     head_weight: float = 1.0
+    # A regular expression whose first group, searched in each clip id, names the clip's speaker: the features
+    # are then standardised per speaker over a split's clips before the fusion (pipeline.data), so the model reads
+    # how a clip departs from its speaker's usual voice. RAVDESS audio-only dev (actors unseen in training): the
+    # linear probe goes from 81.7 to 89.6 (README, RAVDESS section). A single clip cannot be standardised alone.
+    speaker_pattern: str | None = None
 
     def __post_init__(self):
         if self.score_readout not in SCORE_READOUTS:
@@ -71,6 +77,12 @@ class ModelConfig:
         if self.head_weight > 0 and self.fusion.n_tokens == 0:
             raise ValueError("--head-weight needs pseudo tokens (the head reads them); without them (--ablate "
                              "no-tokens) pass --head-weight 0")
+        if self.speaker_pattern is not None:
+            try:
+                re.compile(self.speaker_pattern)
+            except re.error as e:
+                raise ValueError(f"--speaker-pattern {self.speaker_pattern!r}: not a regular expression ({e}). Fix: correct it, "
+                                 f"e.g. '-(\\d+)$' for RAVDESS ids") from e
         for option, value in (("context-turns", self.context_turns), ("history-tokens", self.max_history_tokens)):
             if value < 0:
                 raise ValueError(f"--{option} {value}: must be at least 0. Fix: pass 0 for no dialogue context")

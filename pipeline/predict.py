@@ -59,6 +59,11 @@ def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, d
     run = RunFolder(Path(run_dir))
     chosen = pick_device(device)
     model = run.load_model().to(chosen).eval()
+    if model.config.speaker_pattern is not None:
+        raise ValueError(f"{run.path}: the model reads features standardised per speaker over many clips "
+                         f"(--speaker-pattern {model.config.speaker_pattern!r}); one clip alone has no speaker "
+                         f"statistics. Fix: extract the speaker's clips into a cache and score it with egmf-eval, or "
+                         f"train without --speaker-pattern")
     encoders = rebuild_encoders(run, model.config.modality_dims, chosen)
     text = text if "text" in encoders else ""  # as in training: no text modality, no transcript in the prompt
     features, lengths, missing = encode_clip(encoders, clip, text, language)

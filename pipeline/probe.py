@@ -65,16 +65,18 @@ def chosen_modalities(cache: Cache, modalities: list[str] | None) -> list[str]:
     return chosen
 
 
-def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",)) -> dict:
+def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",),
+                speaker_pattern: str | None = None) -> dict:
     """Fit on train, score on `splits`, for each modality alone and (with several) all together.
 
     Returns {"cache", "fingerprint", "task", "model", "settings": {setting: {split: metrics}}}; a setting is a
-    modality name or "all".
+    modality name or "all". speaker_pattern: features standardised per speaker first, as egmf-train's.
     """
     cache = Cache.open(url)
     task = task_of(cache)
     chosen = chosen_modalities(cache, modalities)
-    data = {split: load_split(cache, split, chosen, task, 0) for split in ("train", *splits)}
+    data = {split: load_split(cache, split, chosen, task, 0, speaker_pattern=speaker_pattern)
+            for split in ("train", *splits)}
     settings = {m: [m] for m in chosen}
     if len(chosen) > 1:
         settings["all"] = chosen
@@ -89,14 +91,16 @@ def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str
                          for split in splits}
     model = (f"logistic regression (C={LOGISTIC_C})" if label.kind == "class" else f"ridge (alpha={RIDGE_ALPHA})")
     return {"cache": cache.url, "fingerprint": cache.fingerprint, "task": task.name,
-            "model": f"{model} on standardised mean+std pooled features", "train_rows": len(data["train"]),
+            "model": f"{model} on standardised mean+std pooled features"
+                     + (f", each speaker's standardised first (speaker pattern {speaker_pattern})"
+                        if speaker_pattern else ""), "train_rows": len(data["train"]),
             "settings": results}
 
 
 def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",),
                  preset: str = TrainConfig.preset, epochs: int = TrainConfig.epochs,
                  batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr, seed: int = TrainConfig.seed,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, speaker_pattern: str | None = None) -> dict:
     """The fusion network + auxiliary head alone, trained on train with egmf-train's optimiser, schedule and
     clipping, the best dev epoch scored on `splits`. Returns probe_cache's layout with one setting, the
     modalities read together as the model reads them ("all", or the one modality's name), and the dev score of
@@ -105,7 +109,7 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
     task = task_of(cache)
     chosen = chosen_modalities(cache, modalities)
     config = model_config(preset, feature_dims([cache], chosen), [task])
-    data = {split: load_split(cache, split, chosen, task, 0, config.context_turns)
+    data = {split: load_split(cache, split, chosen, task, 0, config.context_turns, speaker_pattern)
             for split in dict.fromkeys(("train", "dev", *splits))}
     seed_everything(seed)
     # The pseudo tokens at the fusion's own width: without an LLM there is no embedding table to match.

@@ -257,8 +257,8 @@ class Trainer:
         self.run = RunFolder(Path(cfg.out))
         self.run.check_caches(self.caches)  # refuses a run folder made from other caches
 
-    def _splits(self, split: str, context_turns: int):
-        return [load_split(c, split, self.modalities, t, k, context_turns)
+    def _splits(self, split: str, mcfg):
+        return [load_split(c, split, self.modalities, t, k, mcfg.context_turns, mcfg.speaker_pattern)
                 for k, (c, t) in enumerate(zip(self.caches, self.tasks))]
 
     def fit(self) -> dict:
@@ -272,7 +272,7 @@ class Trainer:
             raise ConfigError("--fusion-warmup trains the fusion through the auxiliary head, and this model has none "
                               "(--head-weight 0, or --ablate no-tokens). Fix: leave --fusion-warmup out or give the "
                               "head a weight")
-        train, dev = self._splits("train", mcfg.context_turns), self._splits("dev", mcfg.context_turns)
+        train, dev = self._splits("train", mcfg), self._splits("dev", mcfg)
         model = EGMF(mcfg)
         standardise_inputs(model.fusion, train)
         model.class_weights = [class_weights(d, self.tasks[d.task], cfg.class_weighting) for d in train]

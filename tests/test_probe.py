@@ -98,3 +98,42 @@ def test_probe_command_runs_the_fusion_probe(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| audio | dev |" in result.output and "MAE" in result.output
     assert len(json.loads(out.read_text())["dev_score_by_epoch"]) == 2
+
+
+SPEAKER = r"^s(\d+)-"
+
+
+def speaker_cache(url, n=240):
+    """Audio = a large offset of the clip's speaker (12 speakers of 20 clips, in every split) + a small one of its
+    class + noise: across speakers the class is hidden under the speaker, within a speaker it is plain."""
+    meta, labels = rows(n)
+    meta["id"] = [f"s{i // 20:02d}-clip{i:04d}" for i in range(n)]
+    rng = np.random.default_rng(2)
+    offsets = 4 * rng.standard_normal((n // 20, 4))
+    w = CacheWriter.create(url, spec("class"), encoders(("audio",)), meta, labels, 16)
+    for a, b in w.pending_blocks():
+        w.write_block(a, {"audio": [(offsets[i // 20] + np.eye(4)[labels["emotion"][i]]
+                                     + 0.3 * rng.standard_normal((3, 4))).astype(np.float32) for i in range(a, b)]},
+                      {"audio": [""] * (b - a)})
+    return url
+
+
+def test_per_speaker_standardisation_removes_each_speakers_offset_and_the_probe_gains(tmp_path):
+    from egmf.cache.schema import CacheError
+    url = speaker_cache(str(tmp_path / "c"))
+    cache = Cache.open(url)
+    data = load_split(cache, "dev", ["audio"], task_of(cache), 0, speaker_pattern=SPEAKER)
+    speakers = np.array([clip[:3] for clip in cache.meta["id"][data.rows]])
+    for who in np.unique(speakers):
+        steps = data.features["audio"][speakers == who, :3].astype(np.float32).reshape(-1, 4)  # the 3 valid steps
+        assert not data.features["audio"][speakers == who, 3:].any()  # padding stays 0
+        np.testing.assert_allclose(steps.mean(0), 0, atol=2e-3)
+        np.testing.assert_allclose(steps.std(0), 1, atol=2e-3)
+    plain = probe_cache(url)["settings"]["audio"]["dev"]["Accuracy"]
+    result = probe_cache(url, speaker_pattern=SPEAKER)
+    assert result["settings"]["audio"]["dev"]["Accuracy"] > plain + 0.2, plain
+    assert SPEAKER in result["model"]
+    with pytest.raises(CacheError, match="clip id 's00-clip0000' does not match the speaker pattern"):
+        load_split(cache, "train", ["audio"], task_of(cache), 0, speaker_pattern=r"^x(\d+)")
+    with pytest.raises(CacheError, match="not a regular expression"):
+        load_split(cache, "train", ["audio"], task_of(cache), 0, speaker_pattern="(")

@@ -194,6 +194,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     ("--patience", "0", "--patience 0: must be at least 1"),
     ("--precision", "fp16", "--precision fp16: unknown. Fix: choose one of auto, fp32, bf16"),
     ("--fusion-warmup", "-1", "--fusion-warmup -1: must be at least 0. Fix: pass 0 to train the fusion with the LLM"),
+    ("--speaker-pattern", "(", "--speaker-pattern '(': not a regular expression"),
     ("--class-weighting", "-0.5", "--class-weighting -0.5: must be at least 0. Fix: pass 0 for unweighted"),
 ])
 def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tmp_path, option, value, message):
@@ -499,6 +500,24 @@ def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(
     assert (epochs, lr) == (2, 1e-3) and all(torch.equal(saved[k], warmed[k]) for k in warmed)
     with pytest.raises(ConfigError, match="--fusion-warmup trains the fusion through the auxiliary head"):
         _train(class_cache, tmp_path / "headless", epochs=1, fusion_warmup=1, overrides={"head_weight": 0.0})
+
+
+def test_a_speaker_pattern_is_recorded_in_the_model_applied_by_eval_and_refused_by_predict(class_cache, tmp_path,
+                                                                                         monkeypatch):
+    import egmf.pipeline.evaluate as evaluate
+    from egmf.pipeline.predict import predict_clip
+    import egmf.pipeline.train as train
+    pattern = r"clip\d{3}(\d)"  # 10 speakers, by the last digit of the id
+    patterns, load_split = [], evaluate.load_split
+    spy = lambda *a: patterns.append(a[6]) or load_split(*a)
+    monkeypatch.setattr(train, "load_split", spy)
+    monkeypatch.setattr(evaluate, "load_split", spy)
+    _train(class_cache, tmp_path / "run", epochs=1, overrides={"speaker_pattern": pattern})
+    assert json.loads((tmp_path / "run" / "model" / "model.json").read_text())["speaker_pattern"] == pattern
+    evaluate_run(str(tmp_path / "run"), str(class_cache), "dev")
+    assert patterns == [pattern] * 3  # train, dev, then egmf-eval's dev
+    with pytest.raises(ValueError, match="one clip alone has no speaker statistics"):
+        predict_clip(tmp_path / "run", tmp_path / "clip.wav", "hi", "en")
 
 
 def test_the_fusion_standardises_with_statistics_of_the_training_split(class_cache, tmp_path):
