@@ -156,7 +156,6 @@ def fit_fusion_alone(network, heads, stream: BatchStream, epochs: int, lr: float
     opt, sched = optimiser(params, lr, len(stream) * epochs, weight_decay, warmup)
     world = dist.get_world_size() if dist.is_initialized() else 1
     for epoch in tqdm(range(epochs), desc="fusion alone", unit="epoch", disable=not progress):
-        stream.epoch = epoch
         for batch in stream:
             batch = batch.to(device)
             fused = network(batch.features, batch.masks, batch.context, batch.context_mask, batch.task)
@@ -173,7 +172,6 @@ def fit_fusion_alone(network, heads, stream: BatchStream, epochs: int, lr: float
             sched.step()
         if after_epoch is not None:
             after_epoch(epoch)
-    stream.epoch = 0
 
 
 def class_weights(data: SplitData, task, power: float) -> torch.Tensor | None:
