@@ -355,7 +355,8 @@ def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class
     real = evaluate.load_split
     monkeypatch.setattr(evaluate, "load_split", lambda *a: asked.append(a[2:]) or real(*a))
     evaluate_run(str(run), str(class_cache), "dev")
-    assert asked == [(["audio", "visual", "text"], asked[0][1], 0, 1)]  # modalities and context from model.json
+    # modalities, context and (no) speaker pattern from model.json
+    assert asked == [(["audio", "visual", "text"], asked[0][1], 0, 1, None)]
 
 
 def test_an_old_run_folder_loads_with_its_training_configs_context_turns(class_cache, tmp_path):
