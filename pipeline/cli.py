@@ -80,8 +80,8 @@ def train(
                                           "together: less padding, faster steps (MELD text-only: 28% of the LLM's "
                                           "tokens were padding, 1% bucketed)"),
     fusion_warmup: int = typer.Option(TrainConfig.fusion_warmup, help="Epochs of the fusion and the auxiliary head "
-                                      "trained alone (no LLM) before the model's epochs, at --fusion-lr, or at --lr when "
-                                      "that is 0 or unset: --fusion-lr 0 then keeps the warmed-up fusion frozen"),
+                                      "trained alone (no LLM) before the model's epochs, at --fusion-lr, or at --lr "
+                                      "when that is 0 or unset: --fusion-lr 0 then keeps the warmed-up fusion frozen"),
     class_weighting: float = typer.Option(TrainConfig.class_weighting, help="Weight rare classes up in the training "
                                           "losses: (class share / mean share) ** -P, mean 1 over the training rows; "
                                           "0 = none, 1 = inverse frequency, 0.5 its square root"),
@@ -108,7 +108,8 @@ def train(
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
                           precision=precision, fusion_lr=fusion_lr, bucket_by_length=bucket_by_length,
-                          class_weighting=class_weighting, fusion_warmup=fusion_warmup, overrides={k: v for k, v in model_options.items() if v is not None})
+                          class_weighting=class_weighting, fusion_warmup=fusion_warmup,
+                          overrides={k: v for k, v in model_options.items() if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except FAILURES as e:
         _fail(e)

@@ -124,12 +124,13 @@ def standardise_per_speaker(features: dict[str, np.ndarray], lengths: dict[str, 
         n = lengths[m]
         for who in np.unique(speakers):
             rows = np.flatnonzero(speakers == who)
-            total, square, count = _step_sums(x[rows], n[rows])
+            block = x[rows].astype(np.float32)
+            total, square, count = _step_sums(block, n[rows])
             if count == 0:  # the modality is missing in every clip of this speaker
                 continue
             mean, std = _mean_std(total, square, count)
             steps = (np.arange(x.shape[1])[None, :] < n[rows, None])[..., None]
-            x[rows] = np.where(steps, (x[rows].astype(np.float32) - mean) / std, 0).astype(x.dtype)
+            x[rows] = np.where(steps, (block - mean) / std, 0).astype(x.dtype)
 
 
 def check_extracted(cache: Cache, split: str) -> None:

@@ -82,8 +82,8 @@ class ModelConfig:
             try:
                 re.compile(self.speaker_pattern)
             except re.error as e:
-                raise ValueError(f"--speaker-pattern {self.speaker_pattern!r}: not a regular expression ({e}). Fix: correct it, "
-                                 f"e.g. '-(\\d+)$' for RAVDESS ids") from e
+                raise ValueError(f"--speaker-pattern {self.speaker_pattern!r}: not a regular expression ({e}). Fix: "
+                                 f"correct it, e.g. '-(\\d+)$' for RAVDESS ids") from e
         for option, value in (("context-turns", self.context_turns), ("history-tokens", self.max_history_tokens)):
             if value < 0:
                 raise ValueError(f"--{option} {value}: must be at least 0. Fix: pass 0 for no dialogue context")
