@@ -5,6 +5,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama-family names; SmolLM2, Qwen and Mistral share them
 MLP = ("gate_proj", "up_proj", "down_proj")
+GROUPS = {"attention": ATTENTION, "mlp": MLP}
+
+
+def lora_targets(spec: str) -> tuple[str, ...]:
+    """Module names from a comma-separated spec of names and the groups attention / mlp, e.g. "attention,mlp"."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--lora-targets {spec!r} names no module. Fix: e.g. attention, attention,mlp or q_proj,v_proj")
+    return tuple(dict.fromkeys(m for n in names for m in GROUPS.get(n, (n,))))
 
 
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: tuple[str, ...]) -> PeftModel:

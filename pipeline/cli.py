@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..cache.schema import CacheError
+from ..llm.lora import lora_targets as parse_lora_targets
 from ..weights import quiet_loaders
 from .evaluate import EVAL_BATCH_SIZE, evaluate_run
 from .metrics import format_table, scalar_metrics
@@ -66,6 +67,9 @@ def train(
     lora_alpha: int = typer.Option(None, help="LoRA alpha (default: the preset's, whatever --lora-r is)"),
     lora_dropout: float = typer.Option(None, help=f"Dropout on the LoRA inputs (default: the preset's, "
                                                   f"{ModelConfig.lora_dropout}); 0 makes a CPU step ~1.3x faster"),
+    lora_targets: str = typer.Option(None, help="Modules the LoRA adapts: comma-separated names and the groups "
+                                     "attention (q/k/v/o_proj) and mlp (gate/up/down_proj) (default: the preset's, "
+                                     "attention)"),
     context_turns: int = typer.Option(None, help=f"Dialogue corpora: preceding turns the context expert reads, "
                                                  f"0 = none (default: {ModelConfig.context_turns})"),
     speaker_pattern: str = typer.Option(None, help="A regular expression whose first group names the speaker in "
@@ -95,15 +99,14 @@ def train(
                                                               "bf16"),
 ):
     out = out or f"runs/{Path(cache[0].rstrip('/')).name}"
-    model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-                     "context_turns": context_turns,
-                     "max_history_tokens": history_tokens, "head_weight": head_weight,
-                     "speaker_pattern": speaker_pattern}
     if ablate is not None and ablate not in ABLATIONS:
         _fail(ValueError(f"--ablate {ablate}: unknown. Fix: choose one of {', '.join(ABLATIONS)}"))
-    if ablate is not None:
-        model_options = {**model_options, **ABLATIONS[ablate]}
     try:
+        model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+                         "lora_targets": None if lora_targets is None else parse_lora_targets(lora_targets),
+                         "context_turns": context_turns,
+                         "max_history_tokens": history_tokens, "head_weight": head_weight,
+                         "speaker_pattern": speaker_pattern, **ABLATIONS.get(ablate, {})}
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,

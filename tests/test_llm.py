@@ -10,7 +10,7 @@ from egmf.cache.schema import LabelSpec
 from egmf.llm import attention
 from egmf.llm.decoding import AnswerTrie, greedy_tokens, score_answers, spelled_answer
 from egmf.llm.loading import DEFAULT_LLM, load_causal_lm
-from egmf.llm.lora import ATTENTION, MLP, attach_lora
+from egmf.llm.lora import ATTENTION, MLP, attach_lora, lora_targets
 from egmf.llm.prompts import PLACEHOLDER, Prompter, format_score, score_strings
 from egmf.llm.sequences import answer_loss, causal_mask, embed_rows, embedding_rms, pad_left, positions
 from egmf.llm.tiny import save_tiny_lm
@@ -261,6 +261,14 @@ def test_lora_trains_only_adapters(tmp_path):
     assert sum(p.numel() for p in with_mlp.parameters() if p.requires_grad) > \
         sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert sum(p.numel() for p in peft.parameters() if p.requires_grad) < base_count / 5
+
+
+def test_lora_targets_expand_groups_keep_names_and_refuse_an_empty_spec():
+    assert lora_targets("attention") == ATTENTION
+    assert lora_targets("attention, mlp") == ATTENTION + MLP
+    assert lora_targets("v_proj,attention,q_proj") == ("v_proj", "q_proj", "k_proj", "o_proj")  # once each
+    with pytest.raises(ValueError, match="names no module"):
+        lora_targets(" , ")
 
 
 @pytest.mark.slow

@@ -343,7 +343,8 @@ def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class
 
     run = tmp_path / "run"
     r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(run), "--preset", "tiny", "--epochs", "1",
-                                  "--context-turns", "1", "--lora-r", "4", "--lora-dropout", "0"])
+                                  "--context-turns", "1", "--lora-r", "4", "--lora-dropout", "0",
+                                  "--lora-targets", "attention,down_proj"])
     assert r.exit_code == 0, r.output
     saved = json.loads((run / "model" / "model.json").read_text())
     assert saved["format"] == 2 and saved["llm"] == "random:llama-tiny"  # a reference, no machine's path
@@ -351,6 +352,11 @@ def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class
     assert saved["context_turns"] == 1 and saved["max_history_tokens"] == 48
     assert (saved["lora_r"], saved["lora_alpha"]) == (4, 16)  # --lora-r leaves the preset's alpha alone
     assert saved["lora_dropout"] == 0.0 != ModelConfig.lora_dropout
+    assert saved["lora_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]
+    from egmf.pipeline.runfolder import RunFolder
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in RunFolder(run).load_model().llm.named_parameters()
+               if "lora_A" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "down_proj"}  # the saved adapter has them all
     asked = []
     real = evaluate.load_split
     monkeypatch.setattr(evaluate, "load_split", lambda *a: asked.append(a[2:]) or real(*a))
