@@ -12,7 +12,8 @@ def lora_targets(spec: str) -> tuple[str, ...]:
     """Module names from a comma-separated spec of names and the groups attention / mlp, e.g. "attention,mlp"."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
-        raise ValueError(f"--lora-targets {spec!r} names no module. Fix: e.g. attention, attention,mlp or q_proj,v_proj")
+        raise ValueError(f"--lora-targets {spec!r} names no module. Fix: e.g. attention, attention,mlp or "
+                         f"q_proj,v_proj")
     return tuple(dict.fromkeys(m for n in names for m in GROUPS.get(n, (n,))))
 
 
