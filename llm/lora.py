@@ -1,6 +1,7 @@
 """LoRA adapters on the LLM's projections via peft; every base weight stays frozen."""
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama-family names; SmolLM2, Qwen and Mistral share them
@@ -19,6 +20,11 @@ def lora_targets(spec: str) -> tuple[str, ...]:
 
 def attach_lora(model, r: int, alpha: int, dropout: float, targets: tuple[str, ...]) -> PeftModel:
     """Wrap model with fresh LoRA weights on the modules named in targets."""
+    # peft adapts whichever names match and drops the rest silently, so a misspelt one would go unnoticed.
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if missing := [t for t in targets if t not in linear]:
+        raise ValueError(f"--lora-targets: the LLM has no linear module named {', '.join(missing)}. Fix: choose among "
+                         f"{', '.join(sorted(linear))} or the groups attention, mlp")
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
     return get_peft_model(model, config)
 

@@ -261,6 +261,9 @@ def test_lora_trains_only_adapters(tmp_path):
     assert sum(p.numel() for p in with_mlp.parameters() if p.requires_grad) > \
         sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert sum(p.numel() for p in peft.parameters() if p.requires_grad) < base_count / 5
+    lm3, _ = load_causal_lm(str(save_tiny_lm(tmp_path / "lm3")))
+    with pytest.raises(ValueError, match=r"no linear module named down_prj\. Fix: choose among .*down_proj"):
+        attach_lora(lm3, r=4, alpha=8, dropout=0.0, targets=ATTENTION + ("down_prj",))  # peft alone would skip it
 
 
 def test_lora_targets_expand_groups_keep_names_and_refuse_an_empty_spec():
