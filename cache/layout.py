@@ -1,7 +1,8 @@
 """Where things live inside a store, and opening one from a path or any fsspec URL.
 
     <store>/            group; attrs["egmf"] = the header (schema, dataset, encoders, fingerprints)
-      meta/<col>        (N,) id, split, text, language, dialogue (str), turn (int32)
+      meta/<col>        (N,) id, split, text, language, dialogue (str), turn (int32), speaker (str, "" = unnamed;
+                        absent from stores written before 2026-11-30, read as "" for every row)
       labels/<name>     (N,) int16 class id (-1 = none) or float32 score (NaN = none)
       <modality>/features  (N, T, D) float16, zero-padded; chunk (16, T, D) in shards of (S, T, D), blosc lz4 +
                            crc32c (stores written before 2026-11-29: zstd; zarr reads either)
@@ -16,7 +17,11 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from .schema import CacheError
 
-META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn")
+META_COLUMNS = ("id", "split", "text", "language", "dialogue", "turn", "speaker")
+# Columns added after stores were shared: a store without one reads as this value on every row, so teams' older
+# caches keep working; the writer always writes them.
+OPTIONAL_META = {"speaker": ""}
+OPTIONAL_PATHS = {f"meta/{c}" for c in OPTIONAL_META}
 # Chosen by egmf-bench's benchmark 2 (MOSEI-sized features, 16-row chunks, one core): blosc's lz4 without
 # shuffle decoded 4.2x faster than zstd level 3 (84% of a memory copy's speed) for output 9% larger (padding is
 # what compresses; float16 features barely do); byte shuffle halved lz4's speed for no gain in size. blosc has
@@ -69,7 +74,8 @@ def check_arrays(group: zarr.Group, header, url: str) -> None:
         try:
             arr = group[path]  # by name, no listing: a plain HTTP server cannot list a folder
         except (KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as e:  # absent, or its zarr.json bad
-            problems.append(f"no readable array {path} ({type(e).__name__}: {e})")
+            if not (isinstance(e, KeyError) and path in OPTIONAL_PATHS):
+                problems.append(f"no readable array {path} ({type(e).__name__}: {e})")
             continue
         if not isinstance(arr, zarr.Array):
             problems.append(f"{path} is a group, not an array")

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 
 from .header import read_header
-from .layout import META_COLUMNS, open_group
+from .layout import META_COLUMNS, OPTIONAL_META, open_group
 from .schema import CacheError
 from .shards import read_rows as read_shard_rows
 from .shards import shard_layout
@@ -69,7 +69,15 @@ class Cache:
 
     @functools.cached_property
     def meta(self) -> dict[str, np.ndarray]:
-        return {c: self.group[f"meta/{c}"][:] for c in META_COLUMNS}
+        return {c: self._meta_column(c) for c in META_COLUMNS}
+
+    def _meta_column(self, column: str) -> np.ndarray:
+        try:
+            return self.group[f"meta/{column}"][:]
+        except KeyError:
+            if column not in OPTIONAL_META:
+                raise
+            return np.full(self.n_rows, OPTIONAL_META[column], dtype=np.dtypes.StringDType())
 
     @functools.cached_property
     def labels(self) -> dict[str, np.ndarray]:

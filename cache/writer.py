@@ -14,7 +14,7 @@ import numpy as np
 from zarr.core.sync import sync
 
 from .header import ATTR, Header, ids_digest, read_header
-from .layout import FEATURE_CODECS, META_COLUMNS, open_group, shard_blocks
+from .layout import FEATURE_CODECS, META_COLUMNS, OPTIONAL_META, open_group, shard_blocks
 from .schema import MODALITIES, CacheError, DatasetSpec, EncoderSpec
 
 # Rows per compressed chunk inside a shard. One chunk per row made a full scan decode 49k chunks for a MOSEI-sized
@@ -38,7 +38,7 @@ class CacheWriter:
         """Create a store for these rows, or reopen an existing one made with the same content fingerprint."""
         url = str(url)
         n = len(meta["id"])
-        missing = [c for c in META_COLUMNS if c not in meta]
+        missing = [c for c in META_COLUMNS if c not in meta and c not in OPTIONAL_META]
         if missing:
             raise ValueError(f"meta columns missing: {missing}")
         if len(set(meta["id"])) != n:
@@ -155,7 +155,8 @@ def _create_arrays(url, h: Header, meta: dict, labels: dict, storage_options):
     g = open_group(url, "w", storage_options)
     n, s = h.n_rows, h.rows_per_shard
     for col in META_COLUMNS:
-        values = np.asarray(meta[col], dtype=np.int32 if col == "turn" else str)
+        column = meta[col] if col in meta else [OPTIONAL_META[col]] * n
+        values = np.asarray(column, dtype=np.int32 if col == "turn" else str)
         g.create_array(f"meta/{col}", shape=(n,), dtype=values.dtype if col == "turn" else str,
                        chunks=(max(n, 1),))[:] = values
     for spec in h.dataset.labels:

@@ -32,6 +32,7 @@ class Utterance:
     end: float | None = None
     dialogue: str = ""  # dialogue id, "" when the corpus has no dialogues
     turn: int = -1  # position inside the dialogue (0-based), -1 without dialogues
+    speaker: str = ""  # who speaks (MELD: "Rachel"), "" when the corpus does not say
     features: dict = field(default_factory=dict)  # modality -> released .npy, imported instead of encoding (CHERMA)
 
 

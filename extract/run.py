@@ -113,7 +113,7 @@ def extract(cfg: ExtractConfig) -> Summary:
         configs[m] = encoders[m]
     meta = {"id": [u.id for u in utts], "split": [u.split for u in utts], "text": [u.text for u in utts],
             "language": [u.language for u in utts], "dialogue": [u.dialogue for u in utts],
-            "turn": [u.turn for u in utts]}
+            "turn": [u.turn for u in utts], "speaker": [u.speaker for u in utts]}
     labels = {s.name: [u.labels.get(s.name) for u in utts] for s in corpus.spec.labels}
     with store_lock(cfg.out):
         writer = CacheWriter.create(cfg.out, corpus.spec, {m: e.spec for m, e in encoders.items()}, meta, labels,

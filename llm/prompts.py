@@ -1,9 +1,11 @@
 """Task prompts per language, answer formats, and the token ids the LLM reads and writes.
 
 A prompt is `[specials][K pseudo tokens][<turn> <earlier transcript>\n ...]<head> <transcript><question>` and
-the answer follows it (the earlier turns are those of the same dialogue, on dialogue corpora only):
+the answer follows it (the earlier turns are those of the same dialogue, on dialogue corpora only; a transcript
+starts with its speaker's name when the corpus names speakers and the model was trained with them):
 
     en  [tokens]Before: Where were you?\nTranscript: I can't believe it!\nEmotion (neutral, surprise, ...): joy
+    en  [tokens]Before: Ross: Where were you?\nTranscript: Rachel: I can't believe it!\nEmotion (...): joy
     zh  [tokens]文本：真是太好了\n情绪（愤怒、厌恶、...）：高兴
     en  [tokens]Transcript: not bad at all\nSentiment score from -3.0 to 3.0: 1.2
 
@@ -35,6 +37,7 @@ class LabelLike(Protocol):
 class Template:
     head: str  # after the pseudo tokens (and the earlier turns), before the transcript
     turn: str  # before each earlier transcript of the dialogue; the turn ends with a newline
+    speaker: str  # before a transcript whose speaker is named: {speaker}
     text_prefix: str  # joins head and transcript: a space where the language separates words
     classify: str  # the question for a class label: {name} {choices}
     score: str  # the question for a score: {name} {low} {high}
@@ -44,10 +47,11 @@ class Template:
 
 
 TEMPLATES = {
-    "en": Template(head="Transcript:", turn="Before:", text_prefix=" ", classify="\n{name} ({choices}):",
-                   score="\n{name} score from {low} to {high}:", separator=", ", answer_prefix=" "),
-    "zh": Template(head="文本：", turn="前文：", text_prefix="", classify="\n{name}（{choices}）：",
-                   score="\n{name}分数（{low}到{high}）：",
+    "en": Template(head="Transcript:", turn="Before:", speaker="{speaker}: ", text_prefix=" ",
+                   classify="\n{name} ({choices}):", score="\n{name} score from {low} to {high}:", separator=", ",
+                   answer_prefix=" "),
+    "zh": Template(head="文本：", turn="前文：", speaker="{speaker}：", text_prefix="",
+                   classify="\n{name}（{choices}）：", score="\n{name}分数（{low}到{high}）：",
                    separator="、", answer_prefix="", names={"emotion": "情绪", "sentiment": "情感"}),
 }
 
@@ -62,6 +66,11 @@ def score_strings(low: float, high: float) -> list[str]:
     """Every well-formed answer in [low, high], step 0.1: "-3.0", "-2.9", ..., "3.0"."""
     first, last = math.ceil(round(low * 10, 6)), math.floor(round(high * 10, 6))
     return [format_score(k / 10, low, high) for k in range(first, last + 1)]
+
+
+def _said(template: Template, speaker: str, text: str) -> str:
+    # An empty transcript stays empty, as an earlier turn without one is left out (pipeline.data.histories).
+    return template.speaker.format(speaker=speaker) + text if speaker and text else text
 
 
 def _display_name(label: LabelLike, template: Template) -> str:
@@ -108,16 +117,17 @@ class Prompter:
             self._fixed[key] = (self._encode(template.head), self._encode(question), answers)
         return self._fixed[key]
 
-    def prompt(self, task: int, language: str, text: str, history: list[str] = ()) -> list[int]:
-        """The prompt's ids with PLACEHOLDER where the K pseudo tokens go; the transcript is cut to
-        max_text_tokens, and history (earlier transcripts, oldest first) keeps its most recent turns that
-        fit in max_history_tokens."""
+    def prompt(self, task: int, language: str, text: str, history: list[tuple[str, str]] = (),
+               speaker: str = "") -> list[int]:
+        """The prompt's ids with PLACEHOLDER where the K pseudo tokens go; the transcript (said by speaker, ""
+        = unnamed) is cut to max_text_tokens, and history ((speaker, transcript) of earlier turns, oldest first)
+        keeps its most recent turns that fit in max_history_tokens."""
         head, question, _ = self._pieces(task, language)
         template = self._template(language)
-        transcript = self._encode(template.text_prefix + text)[: self.max_text_tokens]
+        transcript = self._encode(template.text_prefix + _said(template, speaker, text))[: self.max_text_tokens]
         earlier: list[int] = []
-        for turn in reversed(history):
-            ids = self._encode(f"{template.turn}{template.text_prefix}{turn}\n")
+        for who, turn in reversed(history):
+            ids = self._encode(f"{template.turn}{template.text_prefix}{_said(template, who, turn)}\n")
             if len(earlier) + len(ids) > self.max_history_tokens:
                 break
             earlier = ids + earlier

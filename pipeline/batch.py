@@ -31,8 +31,9 @@ class Batch:
     task: torch.Tensor  # (B,) long: index into the model's task list
     targets: list  # class index (int) or score (float) per row
     rows: torch.Tensor  # (B,) long: row indices in the cache, for reports
-    # Per row: the transcripts of the preceding turns of its dialogue, oldest first (empty outside dialogues).
-    history: list[list[str]] = field(default_factory=list)
+    # Per row: (speaker, transcript) of the preceding turns of its dialogue, oldest first (empty outside dialogues).
+    history: list[list[tuple[str, str]]] = field(default_factory=list)
+    speakers: list[str] = field(default_factory=list)  # who speaks in each row ("" = unnamed); [] = no names
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -40,4 +41,5 @@ class Batch:
     def to(self, device) -> "Batch":
         move = lambda d: {k: v.to(device) for k, v in d.items()}
         return Batch(move(self.features), move(self.masks), move(self.context), self.context_mask.to(device),
-                     self.texts, self.languages, self.task.to(device), self.targets, self.rows, self.history)
+                     self.texts, self.languages, self.task.to(device), self.targets, self.rows, self.history,
+                     self.speakers)

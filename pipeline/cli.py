@@ -75,6 +75,9 @@ def train(
     speaker_pattern: str = typer.Option(None, help="A regular expression whose first group names the speaker in "
                                         "each clip id (RAVDESS: '-(\\d+)$'): features are standardised per speaker "
                                         "over a split's clips; recorded in model.json, egmf-eval does the same"),
+    speaker_names: bool = typer.Option(None, "--speaker-names/--no-speaker-names", help="Name each transcript's "
+                                       "speaker in the prompt, from the cache's speaker column (MELD's Speaker) "
+                                       f"(default: {ModelConfig.speaker_names}); recorded in model.json"),
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
@@ -104,9 +107,9 @@ def train(
     try:
         model_options = {"lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
                          "lora_targets": None if lora_targets is None else parse_lora_targets(lora_targets),
-                         "context_turns": context_turns,
-                         "max_history_tokens": history_tokens, "head_weight": head_weight,
-                         "speaker_pattern": speaker_pattern, **ABLATIONS.get(ablate, {})}
+                         "context_turns": context_turns, "max_history_tokens": history_tokens,
+                         "head_weight": head_weight, "speaker_pattern": speaker_pattern,
+                         "speaker_names": speaker_names, **ABLATIONS.get(ablate, {})}
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
@@ -145,13 +148,14 @@ def predict(
     run: str = typer.Option(..., help="Run folder written by egmf-train"),
     text: str = typer.Option("", help="Transcript of the clip (empty: the text modality is missing)"),
     language: str = typer.Option("en", help="Prompt language: en or zh"),
+    speaker: str = typer.Option("", help="Who speaks, for a model trained with --speaker-names"),
     task: int = typer.Option(0, help="Task index for unified models (see RUN/config.json)"),
     device: str = typer.Option(TrainConfig.device),
 ):
     from .predict import predict_clip  # here: only egmf-predict loads stage one (the encoders)
 
     try:
-        answer = predict_clip(run, clip, text, language, task, device)
+        answer = predict_clip(run, clip, text, language, task, device, speaker)
     except FAILURES as e:
         _fail(e)
     gates = ", ".join(f"{k} {v:.2f}" for k, v in answer["expert_weights"].items())

@@ -34,6 +34,9 @@ class SplitData:
     targets: list  # class index or score; rows without a label are dropped at load
     rows: np.ndarray  # (n,) rows in the cache
     task: int  # index of the cache's task in the model's task list
+    # Who speaks in each row, named in the prompt ([] = no names); not the speakers of speakers_of, which are
+    # groups of clips for standardisation.
+    speaker_names: list[str] = field(default_factory=list)
     _pooled: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -43,6 +46,9 @@ class SplitData:
     def has_context(self) -> bool:
         """Whether any row has a preceding turn (a dialogue corpus, and context_turns > 0)."""
         return bool((self.context >= 0).any())
+
+    def speaker_name(self, i: int) -> str:
+        return self.speaker_names[i] if self.speaker_names else ""
 
     def pooled(self) -> dict[str, np.ndarray]:
         """modality -> (n, D) float32 mean over each row's valid steps (zeros where missing): the preceding turns'
@@ -148,9 +154,10 @@ def check_extracted(cache: Cache, split: str) -> None:
 
 
 def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index: int,
-               context_turns: int = 0, speaker_pattern: str | None = None) -> SplitData:
+               context_turns: int = 0, speaker_pattern: str | None = None, speaker_names: bool = False) -> SplitData:
     """The labelled rows of a split in memory; with speaker_pattern (speakers_of), each speaker's features are
-    standardised over its rows of the split (standardise_per_speaker)."""
+    standardised over its rows of the split (standardise_per_speaker); with speaker_names, each row carries the
+    name of its speaker from the cache for the prompt."""
     check_extracted(cache, split)
     rows = cache.rows(split)
     label = cache.labels[task.label.name][rows]
@@ -159,6 +166,8 @@ def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index:
     if len(rows) == 0:
         raise CacheError(f"{cache.url}: no labelled rows in split '{split}' for {task.name}. Fix: check the split "
                          f"names with `egmf-cache info {cache.url}` (it has {cache.split_counts()})")
+    # Refused before the features are read: a split of video features can take gigabytes.
+    names = named_speakers(cache, split, rows) if speaker_names and "text" in modalities else []
     feats, lengths = {}, {}
     for m in modalities:
         feats[m], lengths[m] = cache.features(m, rows, lazy=False)
@@ -169,7 +178,19 @@ def load_split(cache: Cache, split: str, modalities, task: TaskSpec, task_index:
     # as well, so a model trained on audio or visual alone really sees nothing of the words.
     texts = cache.meta["text"][rows].tolist() if "text" in modalities else [""] * len(rows)
     return SplitData(feats, lengths, _preceding_turns(cache, rows, context_turns), texts,
-                     cache.meta["language"][rows].tolist(), targets, rows, task_index)
+                     cache.meta["language"][rows].tolist(), targets, rows, task_index, names)
+
+
+def named_speakers(cache: Cache, split: str, rows: np.ndarray) -> list[str]:
+    """Each row's speaker as the cache names it ("" where it does not); refuses a split that names none."""
+    names = cache.meta["speaker"][rows].tolist()
+    if not any(names):
+        raise CacheError(f"{cache.url}: no row of split '{split}' names its speaker, so --speaker-names has no names "
+                         f"to put in the prompt (a store written before speakers were stored, or a corpus that does "
+                         f"not name them). Fix: extract the corpus into a new store (egmf-extract ... --out NEW_STORE "
+                         f"stores MELD's Speaker column and a folder corpus' speaker column), or train without "
+                         f"--speaker-names")
+    return names
 
 
 def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:
@@ -190,9 +211,9 @@ def _preceding_turns(cache: Cache, rows: np.ndarray, c: int) -> np.ndarray:
     return out
 
 
-def histories(data: SplitData, ctx: np.ndarray) -> list[list[str]]:
-    """Per row of ctx (B, C), the transcripts of its preceding turns that have one, oldest first."""
-    return [[data.texts[j] for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
+def histories(data: SplitData, ctx: np.ndarray) -> list[list[tuple[str, str]]]:
+    """Per row of ctx (B, C), (speaker, transcript) of its preceding turns that have a transcript, oldest first."""
+    return [[(data.speaker_name(j), data.texts[j]) for j in turns if j >= 0 and data.texts[j]] for turns in ctx]
 
 
 def collate(data: SplitData, index: np.ndarray) -> Batch:
@@ -215,7 +236,7 @@ def collate(data: SplitData, index: np.ndarray) -> Batch:
     return Batch(features, masks, context, torch.from_numpy(ctx >= 0),
                  [data.texts[i] for i in index], [data.languages[i] for i in index],
                  torch.full((len(index),), data.task, dtype=torch.long), [data.targets[i] for i in index],
-                 torch.from_numpy(data.rows[index]), history)
+                 torch.from_numpy(data.rows[index]), history, [data.speaker_name(i) for i in index])
 
 
 # Rows sorted together by length-bucketed batching: enough for batches of like length, few enough that a batch's

@@ -132,7 +132,7 @@ def score_run(run: RunFolder, cache: Cache, split: str, batch_size: int = EVAL_B
     task_index = run.task_index(cache)
     task = model.config.tasks[task_index]
     data = load_split(cache, split, list(model.config.modality_dims), task, task_index, model.config.context_turns,
-                      model.config.speaker_pattern)
+                      model.config.speaker_pattern, model.config.speaker_names)
     return score_split(model, data, task, batch_size, chosen, run_bf16(run, chosen))
 
 

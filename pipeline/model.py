@@ -69,6 +69,9 @@ class ModelConfig:
     # model goes from 73.3 +- 2.1 to 83.9 +- 1.5, the linear probe from 81.7 to 89.6 (README, RAVDESS section).
     # A single clip cannot be standardised alone.
     speaker_pattern: str | None = None
+    # Name each transcript's speaker in the prompt ("Before: Ross: ...\nTranscript: Rachel: ..."), from the
+    # cache's speaker column (MELD's Speaker); only with the text modality, like the transcripts themselves.
+    speaker_names: bool = False
 
     def __post_init__(self):
         if self.score_readout not in SCORE_READOUTS:
@@ -208,8 +211,9 @@ class EGMF(nn.Module):
 
     def _prompts(self, batch: Batch) -> list[list[int]]:
         history = batch.history or [[] for _ in batch.texts]
-        return [self.prompter.prompt(t, lang, text, earlier)
-                for t, lang, text, earlier in zip(batch.task.tolist(), batch.languages, batch.texts, history)]
+        speakers = batch.speakers or [""] * len(batch.texts)
+        return [self.prompter.prompt(t, lang, text, earlier, speaker) for t, lang, text, earlier, speaker
+                in zip(batch.task.tolist(), batch.languages, batch.texts, history, speakers)]
 
     def _answers(self, batch: Batch) -> list[list[int]]:
         """The target answer's tokens per row."""

@@ -55,7 +55,8 @@ def encode_clip(encoders: dict, clip: Path, text: str, language: str) -> tuple[d
 
 
 @torch.no_grad()
-def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, device: str = "auto") -> dict:
+def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, device: str = "auto",
+                 speaker: str = "") -> dict:
     run = RunFolder(Path(run_dir))
     chosen = pick_device(device)
     model = run.load_model().to(chosen).eval()
@@ -64,12 +65,17 @@ def predict_clip(run_dir, clip: Path, text: str, language: str, task: int = 0, d
                          f"(--speaker-pattern {model.config.speaker_pattern!r}); one clip alone has no speaker "
                          f"statistics. Fix: extract the speaker's clips into a cache and score it with egmf-eval, or "
                          f"train without --speaker-pattern")
+    if speaker and not model.config.speaker_names:
+        raise ValueError(f"{run.path}: the model was trained without speaker names in its prompts, so a speaker "
+                         f"({speaker!r}) would give it a prompt it never saw. Fix: leave out --speaker, or use a "
+                         f"model trained with --speaker-names")
     encoders = rebuild_encoders(run, model.config.modality_dims, chosen)
     text = text if "text" in encoders else ""  # as in training: no text modality, no transcript in the prompt
     features, lengths, missing = encode_clip(encoders, clip, text, language)
     # A single clip has no preceding turns: all of the model's context_turns are absent.
     no_context = np.full((1, model.config.context_turns), -1, np.int64)
-    row = SplitData(features, lengths, no_context, [text], [language], [None], np.array([-1]), task)
+    row = SplitData(features, lengths, no_context, [text], [language], [None], np.array([-1]), task,
+                    [speaker] if "text" in encoders else [])
     with autocast(chosen, run_bf16(run, chosen)):  # the precision egmf-eval uses too
         p = model.predict(collate(row, np.arange(1)).to(chosen))
     return {"task": model.config.tasks[task].name, "answer": p.answers[0], "value": p.values[0],

@@ -189,10 +189,9 @@ def class_weights(data: SplitData, task, power: float) -> torch.Tensor | None:
 def llm_tokens(model: EGMF, data: SplitData) -> np.ndarray:
     """(n,) tokens each row of a split puts through the LLM, prompt and answer: the key of length bucketing."""
     p = model.prompter
-    return np.array([len(p.prompt(data.task, lang, text, earlier))
-                     + len(p.answer_ids(data.task, lang)[p.target_index(data.task, y)])
-                     for lang, text, earlier, y in zip(data.languages, data.texts, histories(data, data.context),
-                                                       data.targets)])
+    return np.array([len(p.prompt(data.task, data.languages[i], data.texts[i], earlier, data.speaker_name(i)))
+                     + len(p.answer_ids(data.task, data.languages[i])[p.target_index(data.task, data.targets[i])])
+                     for i, earlier in enumerate(histories(data, data.context))])
 
 
 @dataclass
@@ -256,7 +255,8 @@ class Trainer:
         self.run.check_caches(self.caches)  # refuses a run folder made from other caches
 
     def _splits(self, split: str, mcfg):
-        return [load_split(c, split, self.modalities, t, k, mcfg.context_turns, mcfg.speaker_pattern)
+        return [load_split(c, split, self.modalities, t, k, mcfg.context_turns, mcfg.speaker_pattern,
+                           mcfg.speaker_names)
                 for k, (c, t) in enumerate(zip(self.caches, self.tasks))]
 
     def fit(self) -> dict:
@@ -270,6 +270,10 @@ class Trainer:
             raise ConfigError("--fusion-warmup trains the fusion through the auxiliary head, and this model has none "
                               "(--head-weight 0, or --ablate no-tokens). Fix: leave --fusion-warmup out or give the "
                               "head a weight")
+        if mcfg.speaker_names and "text" not in self.modalities:
+            raise ConfigError(f"--speaker-names names the speakers of the transcripts, and this model reads no text "
+                              f"(--modalities {','.join(self.modalities)}). Fix: add text to --modalities or leave "
+                              f"--speaker-names out")
         train, dev = self._splits("train", mcfg), self._splits("dev", mcfg)
         model = EGMF(mcfg)
         standardise_inputs(model.fusion, train)

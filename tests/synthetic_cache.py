@@ -26,7 +26,8 @@ def rows(n: int, seed: int = 0, kind="class"):
     splits = np.array(["train", "dev", "test"])[np.arange(n) % 3]
     meta = {"id": [f"clip{i:04d}" for i in range(n)], "split": splits.tolist(),
             "text": [f"utterance {i} 你好" for i in range(n)], "language": ["en"] * n,
-            "dialogue": [f"d{i // 4}" for i in range(n)], "turn": [i % 4 for i in range(n)]}
+            "dialogue": [f"d{i // 4}" for i in range(n)], "turn": [i % 4 for i in range(n)],
+            "speaker": [("Ross", "Rachel", "Ross", "")[i % 4] for i in range(n)]}
     if kind == "class":
         labels = {"emotion": [int(v) for v in rng.integers(0, len(EMOTIONS), n)]}
     else:

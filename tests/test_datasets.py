@@ -38,6 +38,8 @@ def test_meld_real_files_splits_and_rows(real_meld):
     assert quoted.media == MELD_DATA / "dev_splits_complete" / "dia0_utt0.mp4"
     assert by_id["train/dia613_utt6"].text == "Nestl\u00e9 Toll House?"
     assert by_id["train/dia300_utt1"].text == "Knick fan?"  # its timestamps are in the short "0:03:43,056" form
+    assert [by_id[f"dev/dia0_utt{k}"].speaker for k in range(2)] == ["Phoebe", "Monica"]
+    assert all(u.speaker for u in real_meld.utterances)  # every row of the release names its speaker
 
 
 def test_meld_real_files_dialogue_structure(real_meld):
@@ -53,8 +55,8 @@ def test_meld_real_files_dialogue_structure(real_meld):
 
 # ---------------------------------------------------------------- MELD, a generated copy
 
-def meld_row(sr, text, emotion, sentiment, dialogue, turn, start='"00:16:16,059"'):
-    return [sr, text, "Chandler", emotion, sentiment, dialogue, turn, 8, 21, start, "00:16:21,731"]
+def meld_row(sr, text, emotion, sentiment, dialogue, turn, start='"00:16:16,059"', speaker="Chandler"):
+    return [sr, text, speaker, emotion, sentiment, dialogue, turn, 8, 21, start, "00:16:21,731"]
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def meld_root(tmp_path):
     write_csv(tmp_path / "train_sent_emo.csv", MELD_COLUMNS, [
         meld_row(1, "I\u0092m\u00a0fine, really.\u0085", "joy", "positive", 0, 0),
         meld_row(3, "", "neutral", "neutral", 0, 1, "0:16:22,000"),  # Sr No. gap, short timestamp, no words
-        meld_row(4, "Caf\u00e9?", "anger", "negative", 1, 0),
+        meld_row(4, "Caf\u00e9?", "anger", "negative", 1, 0, speaker=" Mr. Geller\u00a0"),
     ])
     make_clip(tmp_path / "train_splits" / "dia0_utt0.mp4", seconds=1.0, seed=1)
     make_clip(tmp_path / "train_splits" / "dia1_utt0.mp4", seconds=1.0, seed=2)
@@ -74,6 +76,7 @@ def test_meld_generated_corpus_with_clips(meld_root):
     assert [u.id for u in corpus.utterances] == ["train/dia0_utt0", "train/dia0_utt1", "train/dia1_utt0"]
     assert [u.text for u in corpus.utterances] == ["I\u2019m fine, really.\u2026", "", "Caf\u00e9?"]
     assert [(u.dialogue, u.turn) for u in corpus.utterances] == [("train/0", 0), ("train/0", 1), ("train/1", 0)]
+    assert [u.speaker for u in corpus.utterances] == ["Chandler", "Chandler", "Mr. Geller"]
     assert corpus.utterances[2].labels == {"emotion": 6, "sentiment": 0}
     assert corpus.spec.task == "emotion" and corpus.spec.label("sentiment").classes == meld.SENTIMENTS
     present, missing = decode_clip(corpus.utterances[0].media, fps=2, max_frames=4), \
@@ -306,7 +309,10 @@ def test_folder_classes_and_default_split(tmp_path):
     corpus = folder.load(tmp_path, csv="mine.csv")
     assert corpus.spec.label("emotion").classes == ("anger", "joy") and corpus.spec.task == "emotion"
     assert [u.labels["emotion"] for u in corpus.utterances] == [1, 0, 1]
-    assert {u.split for u in corpus.utterances} == {"train"}
+    assert {u.split for u in corpus.utterances} == {"train"} and {u.speaker for u in corpus.utterances} == {""}
+    write_csv(tmp_path / "named.csv", ["id", "path", "text", "label", "speaker"], [
+        ["x1", "x1.mp4", "hi", "joy", " Ann "], ["x2", "x2.mp4", "grr", "anger", ""]])
+    assert [u.speaker for u in folder.load(tmp_path, csv="named.csv").utterances] == ["Ann", ""]
     ordered = folder.load(tmp_path, csv="mine.csv", classes="neutral,joy,anger")
     assert [u.labels["emotion"] for u in ordered.utterances] == [1, 2, 1]
     refuses(folder.load, tmp_path, csv="mine.csv", classes="neutral,joy", match="unknown label 'anger'", line=3)

@@ -86,6 +86,7 @@ def test_text_only_cache_from_the_real_meld_csvs_needs_no_media(tmp_path):
     c = Cache.open(tmp_path / "meld")
     assert c.modalities == ("text",) and c.done.all() and c.n_rows == 40
     assert c.meta["text"][0].startswith("also I was the point person")
+    assert c.meta["speaker"][:2].tolist() == ["Chandler", "The Interviewer"]  # stored for prompts that name them
     assert c.dataset.label("emotion").classes[c.labels["emotion"][0]] == "neutral"
     assert (c.lengths("text") > 0).all()
 

@@ -125,15 +125,32 @@ def test_earlier_turns_keep_the_most_recent_that_fit(tiny, prompter):
     cost = lambda text: len(tokenizer.encode(f"Before: {text}\n", add_special_tokens=False))
     with_history = Prompter(tokenizer, [EMOTION, GANZHI], n_tokens=K, max_text_tokens=32,
                             max_history_tokens=cost("second one") + cost("third"))
-    ids = with_history.prompt(0, "en", "now", ["first of all", "second one", "third"])
+    ids = with_history.prompt(0, "en", "now", [("", "first of all"), ("", "second one"), ("", "third")])
     assert ids[:K] == [PLACEHOLDER] * K
     assert visible(tokenizer, ids) == ("Before: second one\nBefore: third\nTranscript: now\n"
                                        "Emotion (neutral, joy, anger):")
-    zh = with_history.prompt(1, "zh", "好", ["你呢"])
+    zh = with_history.prompt(1, "zh", "好", [("", "你呢")])
     assert visible(tokenizer, zh) == "前文：你呢\n文本：好\n情绪（愤怒、高兴）："
     # A most recent turn longer than the budget leaves the history out rather than cutting it mid-sentence.
-    assert with_history.prompt(0, "en", "now", ["first", "word " * 50]) == with_history.prompt(0, "en", "now")
-    assert prompter.prompt(0, "en", "now", ["first"]) == prompter.prompt(0, "en", "now")  # no budget, no history
+    assert (with_history.prompt(0, "en", "now", [("", "first"), ("", "word " * 50)])
+            == with_history.prompt(0, "en", "now"))
+    assert prompter.prompt(0, "en", "now", [("", "first")]) == prompter.prompt(0, "en", "now")  # no budget
+
+
+def test_named_speakers_begin_their_transcripts_and_count_in_the_budgets(tiny):
+    tokenizer = tiny[1]
+    cost = lambda text: len(tokenizer.encode(f"Before: {text}\n", add_special_tokens=False))
+    prompter = Prompter(tokenizer, [EMOTION, GANZHI], n_tokens=K, max_text_tokens=32,
+                        max_history_tokens=cost("Ross: second") + cost("third"))
+    ids = prompter.prompt(0, "en", "now", [("Ross", "first"), ("Ross", "second"), ("", "third")], "Rachel")
+    assert visible(tokenizer, ids) == ("Before: Ross: second\nBefore: third\nTranscript: Rachel: now\n"
+                                       "Emotion (neutral, joy, anger):")
+    zh = prompter.prompt(1, "zh", "好", [("小王", "你呢")], "小李")
+    assert visible(tokenizer, zh) == "前文：小王：你呢\n文本：小李：好\n情绪（愤怒、高兴）："
+    assert prompter.prompt(0, "en", "", speaker="Rachel") == prompter.prompt(0, "en", "")  # no words, no name
+    # The name is part of the transcript, so the transcript's cut counts it.
+    short = Prompter(tokenizer, [EMOTION], n_tokens=K, max_text_tokens=len(tokenizer.encode(" Rachel:")))
+    assert visible(tokenizer, short.prompt(0, "en", "now", speaker="Rachel")).startswith("Transcript: Rachel:\n")
 
 
 def test_score_strings_targets_and_parsing(prompter):

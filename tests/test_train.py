@@ -16,7 +16,7 @@ from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
 from egmf.pipeline.evaluate import evaluate_run
 from egmf.pipeline.model import ModelConfig
-from egmf.pipeline.train import TrainConfig, Trainer
+from egmf.pipeline.train import ConfigError, TrainConfig, Trainer
 
 runner = CliRunner()
 
@@ -152,6 +152,8 @@ def test_predict_a_clip_with_the_runs_own_encoders(tmp_path):
     answer = r.output.split("demo/emotion: ")[1].split()[0]
     assert answer in ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
     assert "expert gates: local" in r.output
+    r = runner.invoke(predict_app, [str(clip), "--run", str(tmp_path / "run"), "--text", "hi", "--speaker", "Ross"])
+    assert r.exit_code != 0 and "trained without speaker names" in r.output
 
 
 def test_transcripts_and_earlier_turns_reach_the_prompt_only_with_the_text_modality(class_cache):
@@ -162,7 +164,7 @@ def test_transcripts_and_earlier_turns_reach_the_prompt_only_with_the_text_modal
     assert with_text.texts[0] == "utterance 0 你好"
     # Train rows are 0, 3, 6, ...; dialogues hold rows 4k..4k+3, so row 3 follows row 0 and row 15 row 12.
     batch = next(iter(BatchStream([with_text], len(with_text), shuffle=False)))
-    assert batch.history[1] == ["utterance 0 你好"] and batch.history[5] == ["utterance 12 你好"]
+    assert batch.history[1] == [("", "utterance 0 你好")] and batch.history[5] == [("", "utterance 12 你好")]
     assert batch.history[0] == batch.history[2] == []
     without = load_split(cache, "train", ["audio", "visual"], task, 0, context_turns=2)
     assert set(without.texts) == {""}
@@ -361,8 +363,8 @@ def test_the_model_folder_alone_says_what_the_model_reads_and_on_which_llm(class
     real = evaluate.load_split
     monkeypatch.setattr(evaluate, "load_split", lambda *a: asked.append(a[2:]) or real(*a))
     evaluate_run(str(run), str(class_cache), "dev")
-    # modalities, context and (no) speaker pattern from model.json
-    assert asked == [(["audio", "visual", "text"], asked[0][1], 0, 1, None)]
+    # modalities, context, (no) speaker pattern and (no) speaker names from model.json
+    assert asked == [(["audio", "visual", "text"], asked[0][1], 0, 1, None, False)]
 
 
 def test_an_old_run_folder_loads_with_its_training_configs_context_turns(class_cache, tmp_path):
@@ -474,7 +476,6 @@ def test_class_weighting_changes_the_training_loss_and_is_recorded(class_cache, 
 
 def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(class_cache, tmp_path, monkeypatch):
     import egmf.pipeline.train as train
-    from egmf.pipeline.train import ConfigError
     from safetensors.torch import load_file
     fit, seen = train.fit_fusion_alone, []
 
@@ -507,6 +508,45 @@ def test_a_fusion_warmup_trains_the_models_fusion_and_head_before_the_llm_joins(
     assert (epochs, lr) == (2, 1e-3) and all(torch.equal(saved[k], warmed[k]) for k in warmed)
     with pytest.raises(ConfigError, match="--fusion-warmup trains the fusion through the auxiliary head"):
         _train(class_cache, tmp_path / "headless", epochs=1, fusion_warmup=1, overrides={"head_weight": 0.0})
+
+
+def test_speaker_names_go_from_the_cache_into_the_prompts_of_a_model_that_records_them(class_cache, tmp_path):
+    from egmf.pipeline.data import BatchStream, load_split, task_of
+    from egmf.pipeline.runfolder import RunFolder
+    cache = Cache.open(class_cache)
+    named = load_split(cache, "train", ["text"], task_of(cache), 0, 2, None, True)
+    batch = next(iter(BatchStream([named], len(named), shuffle=False)))
+    # Train rows 0, 3, 6, 9 are said by Ross, nobody named, Ross, Rachel; row 3 follows row 0 in its dialogue.
+    assert batch.speakers[:4] == ["Ross", "", "Ross", "Rachel"] and batch.history[1] == [("Ross", "utterance 0 你好")]
+    assert load_split(cache, "train", ["audio"], task_of(cache), 0, 2, None, True).speaker_names == []  # no words
+    _train(class_cache, tmp_path / "named", epochs=1, overrides={"speaker_names": True})
+    model = RunFolder(tmp_path / "named").load_model()
+    assert model.config.speaker_names
+    prompts = [model.tokenizer.decode([i for i in ids if i >= 0]) for ids in model._prompts(batch)]
+    assert "Before: Ross: utterance 0 你好\nTranscript: utterance 3 你好\n" in prompts[1]
+    assert prompts[2].startswith("Transcript: Ross: utterance 6 你好\n")
+    # egmf-eval reads the setting from model.json: on a store without names it refuses as training does.
+    with pytest.raises(CacheError, match="no row of split 'dev' names its speaker"):
+        evaluate_run(str(tmp_path / "named"), str(store_without_speakers(class_cache, tmp_path)), "dev")
+    with pytest.raises(ConfigError, match="--speaker-names names the speakers of the transcripts.*reads no text"):
+        _train(class_cache, tmp_path / "audio", epochs=1, modalities=["audio"], overrides={"speaker_names": True})
+
+
+def store_without_speakers(store, tmp_path):
+    """A copy of a store as written before the speaker column existed."""
+    old = tmp_path / "old"
+    shutil.copytree(store, old)
+    shutil.rmtree(old / "meta" / "speaker")
+    return old
+
+
+def test_a_store_written_before_speakers_reads_as_unnamed_and_speaker_names_are_refused(class_cache, tmp_path):
+    from egmf.pipeline.data import load_split, task_of
+    cache = Cache.open(store_without_speakers(class_cache, tmp_path))
+    assert set(cache.meta["speaker"].tolist()) == {""} and len(cache.meta["speaker"]) == cache.n_rows
+    assert load_split(cache, "train", ["text"], task_of(cache), 0).texts[0] == "utterance 0 你好"
+    with pytest.raises(CacheError, match="no row of split 'train' names its speaker.*into a new store"):
+        _train(cache.url, tmp_path / "run", epochs=1, overrides={"speaker_names": True})
 
 
 def test_a_speaker_pattern_is_recorded_in_the_model_applied_by_eval_and_refused_by_predict(class_cache, tmp_path,

@@ -1,6 +1,6 @@
 """The user's own corpus: a folder of clips and one CSV that lists them.
 
-root/labels.csv (option csv) with the columns id, path, text and optionally label and split:
+root/labels.csv (option csv) with the columns id, path, text and optionally label, split and speaker:
 - path is relative to root (an empty path: no media, for text-only use); the media path is set whether or not
   the file exists, and a missing or broken clip is reported when it is decoded.
 - label: numbers make a score label "sentiment" (task "sentiment") whose range is the options low/high or else
@@ -12,6 +12,7 @@ root/labels.csv (option csv) with the columns id, path, text and optionally labe
   Without a label column the corpus has no labels (task ""): enough to extract features and predict.
 - split: train, dev, test or unlabelled (valid/val/validation mean dev); "train" for every row when the column is
   absent. Only an unlabelled row may leave its label empty.
+- speaker (optional): who speaks in the clip, for prompts that name the speaker (egmf-train --speaker-names).
 - option language: "en" or "zh" for every row (it picks the prompt language). An empty transcript is kept as "".
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ...cache.schema import DatasetSpec, LabelSpec
 from ..records import (Corpus, DatasetError, Utterance, parse_class, parse_score, read_csv,
                                   require_columns, validate)
 
-ADAPTER_VERSION = "1"
+ADAPTER_VERSION = "2"  # 2: the speaker column is stored
 LANGUAGES = ("en", "zh")
 LABEL_KINDS = ("auto", "score", "class")
 SPLIT_ALIASES = {"valid": "dev", "val": "dev", "validation": "dev"}
@@ -56,7 +57,8 @@ def load(root, csv: str = "labels.csv", language: str = "en", low=None, high=Non
             labels[label_spec.name] = _label(path, line, row["label"], label_spec)
         media = row["path"].strip()
         utterances.append(Utterance(id=row["id"].strip(), split=split, text=row["text"].strip(),
-                                    language=language, labels=labels, media=root / media if media else None))
+                                    language=language, labels=labels, media=root / media if media else None,
+                                    speaker=row.get("speaker", "").strip()))
         origins.append((path, line))
     spec = DatasetSpec("folder", ADAPTER_VERSION, label_spec.name if label_spec else "",
                        (label_spec,) if label_spec else ())

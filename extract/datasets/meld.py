@@ -18,6 +18,8 @@ found, with --root at the folder itself or at the folder holding MELD.Raw/:
   broken clip (dev dia110_utt7 is missing, train dia125_utt3 is corrupt) is reported when it is decoded. When the
   clip folder is missing but the split's inner archive lies still packed beside the CSVs, the load stops and says
   to unpack it. The extra unannotated clips of the release (final_videos_test*) are not in the CSVs: not loaded.
+- speaker: the Speaker column ("Rachel", "Mr. Geller", "All"), repaired like the transcripts; a copy without the
+  column loads with no speakers (egmf-train --speaker-names then refuses the cache).
 - StartTime/EndTime locate the utterance in the whole episode, not in its clip (clips are cut already), so they
   are not used; their two formats ("0:12:43,012" and "00:12:43,012") therefore do not matter.
 - Transcripts: the released CSVs hold cp1252 punctuation read as Latin-1, i.e. the C1 control characters
@@ -34,7 +36,7 @@ from pathlib import Path
 from ...cache.schema import DatasetSpec, LabelSpec
 from ..records import (Corpus, DatasetError, Utterance, parse_class, read_csv, require_columns, validate)
 
-ADAPTER_VERSION = "2"
+ADAPTER_VERSION = "3"  # 3: the Speaker column is stored
 EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")  # the order MELD's papers use
 SENTIMENTS = ("negative", "neutral", "positive")
 SPEC = DatasetSpec("meld", ADAPTER_VERSION, "emotion", (
@@ -82,7 +84,8 @@ def load(root, splits: str = "train,dev,test") -> Corpus:
                 id=f"{split}/{name}", split=split, text=repair_cp1252(row["Utterance"]).strip(), language="en",
                 labels={"emotion": parse_class(path, line, "emotion", row["Emotion"].lower(), EMOTIONS),
                         "sentiment": parse_class(path, line, "sentiment", row["Sentiment"].lower(), SENTIMENTS)},
-                media=clips / f"{name}.mp4", dialogue=f"{split}/{dialogue}", turn=turn))
+                media=clips / f"{name}.mp4", dialogue=f"{split}/{dialogue}", turn=turn,
+                speaker=repair_cp1252(row.get("Speaker", "")).strip()))
             origins.append((path, line))
     return validate(Corpus(SPEC, utterances), origins)
 
