@@ -46,6 +46,9 @@ def info(store: str = typer.Argument(..., help="Store path or URL"),
     typer.echo(f"dataset      {report['dataset']} (adapter v{report['adapter_version']}), task {report['task']}")
     typer.echo(f"rows         {report['rows']} ({report['rows_not_done']} not done); per split: "
                + ", ".join(f"{k} {v}" for k, v in report["rows_per_split"].items()))
+    speakers = report["speakers"]
+    typer.echo(f"speakers     {speakers['distinct']} named in {speakers['named_rows']} rows"
+               if speakers["named_rows"] else "speakers     none named")
     for m, d in report["modalities"].items():
         typer.echo(f"{m:<12} {tuple(d['shape'])} float16  {d['family']}:{d['model']}  "
                    f"weights {d['weights'][:12]}  missing in {d['missing_rows']} rows")

@@ -20,6 +20,12 @@ def store_size(url: str, storage_options: dict | None = None) -> int | None:
         return None
 
 
+def speaker_counts(speakers) -> dict:
+    """How many rows name their speaker, and how many speakers they name (egmf-train --speaker-names needs some)."""
+    named = speakers[speakers != ""]
+    return {"named_rows": int(len(named)), "distinct": int(len(set(named.tolist())))}
+
+
 def info(cache: Cache) -> dict:
     h = cache.header
     done = cache.done
@@ -33,6 +39,7 @@ def info(cache: Cache) -> dict:
         "rows": h.n_rows,
         "rows_not_done": int((~done).sum()),
         "rows_per_split": cache.split_counts(),
+        "speakers": speaker_counts(cache.meta["speaker"]),
         "modalities": {m: {"shape": [h.n_rows, e.max_steps, e.dim], "family": e.family, "model": e.model_id,
                            "weights": e.weights, "params": e.params,
                            "missing_rows": int(((cache.lengths(m) == 0) & done).sum())}

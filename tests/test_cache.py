@@ -146,11 +146,12 @@ def test_info_reports_shapes_splits_encoders_and_pending(tmp_path):
     d = json.loads(r.output)
     assert d["rows"] == 10 and d["rows_not_done"] == 2
     assert d["rows_per_split"] == {"train": 3, "dev": 3, "test": 2}
+    assert d["speakers"] == {"named_rows": 8, "distinct": 2}  # Ross, Rachel; rows 3 and 7 name nobody
     assert d["modalities"]["audio"]["shape"] == [10, 6, 4]
     assert d["modalities"]["audio"]["missing_rows"] == 1
     assert d["size_bytes"] > 0 and len(d["fingerprint"]) == 64
     r = runner.invoke(app, ["info", str(tmp_path / "s")])
-    assert "(2 not done)" in r.output and "synthetic" in r.output
+    assert "(2 not done)" in r.output and "synthetic" in r.output and "2 named in 8 rows" in r.output
 
 
 def test_a_zarr_group_that_is_no_egmf_cache_is_refused_by_reader_and_writer_alike(tmp_path):
