@@ -99,6 +99,9 @@ def test_meld_bad_label_files(tmp_path):
     path.write_text("Sr No.,Utterance,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n1,\"A\nB\",joy,positive,x,0\n",
                     encoding="utf-8")
     refuses(meld.load, tmp_path, splits="dev", match="Dialogue_ID 'x' is not a whole number", line=2)
+    path.write_text("Sr No.,Utterance,Emotion,Sentiment,Dialogue_ID,Utterance_ID\n1,Hi.,joy,positive,0,0\n",
+                    encoding="utf-8")
+    assert [u.speaker for u in meld.load(tmp_path, splits="dev").utterances] == [""]  # no Speaker column: unnamed
 
 
 def test_meld_non_utf8_file_names_the_line(tmp_path):
