@@ -17,6 +17,7 @@ class FusionConfig:
     n_tokens: int = 4  # K pseudo tokens spliced into the prompt; each one costs an LLM position
     dropout: float = 0.1
     balance_weight: float = 0.01  # weight of the expert-gate load-balance loss added to the LM loss
+    z_weight: float = 0.0  # weight of the expert gate's router z-loss (fuse/gating.py: z_loss), 0 = none
     # Ablations (egmf-train --ablate): the experts the network has, and gates fixed at uniform weights.
     experts: tuple[str, ...] = EXPERTS
     uniform_gates: bool = False

@@ -67,9 +67,9 @@ class ExpertGate(nn.Module):
                                  nn.Dropout(dropout), nn.Linear(d_model, n_experts))
 
     def forward(self, utterance: torch.Tensor, context: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """utterance (B, d), context (B, d), task (B,) -> weights (B, E)."""
+        """utterance (B, d), context (B, d), task (B,) -> logits (B, E); the weights are their softmax."""
         features = torch.cat([utterance, context, self.task_embedding(task)], -1)  # (B, 3d)
-        return torch.softmax(self.mlp(features), -1)
+        return self.mlp(features)
 
 
 def balance_loss(weights: torch.Tensor) -> torch.Tensor:
@@ -80,3 +80,14 @@ def balance_loss(weights: torch.Tensor) -> torch.Tensor:
     """
     mean = weights.mean(0)  # (E,)
     return (mean * (mean.clamp(min=1e-9).log() + math.log(weights.shape[-1]))).sum()
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The router z-loss of ST-MoE (Zoph et al., 2022): mean over rows of logsumexp(logits) ** 2.
+
+    Once a softmax gate saturates (one expert ~1, the rest ~0), the balance loss and the LM loss reach its
+    logits through softmax's vanishing gradient, so the gate stays collapsed for good (MELD, lr 2e-3: most runs
+    ended with one expert at 1.00). This loss acts on the logits themselves, with a gradient that grows with
+    their size, so it keeps the gate where it can still move.
+    """
+    return torch.logsumexp(logits.float(), -1).pow(2).mean()

@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import EXPERTS, FusionConfig
 from .experts import ContextExpert, CorrelationExpert, LocalExpert
-from .gating import ExpertGate, balance_loss, modality_bias, token_modality
+from .gating import ExpertGate, balance_loss, modality_bias, token_modality, z_loss
 from .layers import FeedForward, MaskedAttention, masked_mean
 from .projection import ModalityProjection
 
@@ -23,7 +23,7 @@ class FusionOutput:
     expert_weights: torch.Tensor  # (B, 3): the expert gate, in EXPERTS order (0 for an expert the network lacks)
     modality_gates: torch.Tensor  # (B, 3, M): each expert's modality gate (0 for a missing modality or expert)
     modality_weights: torch.Tensor  # (B, M): the share of each modality in the pseudo tokens, sum_e expert_e * gate_e
-    aux_loss: torch.Tensor  # (): load-balance loss of the expert gate, already weighted by balance_weight
+    aux_loss: torch.Tensor  # (): the expert gate's balance loss + z-loss, weighted (balance_weight, z_weight)
 
 
 class TokenPooler(nn.Module):
@@ -88,9 +88,12 @@ class FusionNetwork(nn.Module):
         utterance = (kept * torch.stack([masked_mean(t, m) for t, m in zip(tokens, mask_list)], 1)).sum(1)  # (B, d)
         turn_tokens, turn_masks = turns.chunk(len(tokens), 1), turn_mask.chunk(len(tokens), 1)
         turn_pooled = (kept * torch.stack([masked_mean(t, m) for t, m in zip(turn_tokens, turn_masks)], 1)).sum(1)
-        weights = self.expert_gate(utterance, turn_pooled, task)  # (B, E)
+        logits = self.expert_gate(utterance, turn_pooled, task)  # (B, E)
         if self.config.uniform_gates:
-            weights = torch.full_like(weights, 1 / weights.shape[1])
+            weights, aux_loss = torch.full_like(logits, 1 / logits.shape[1]), logits.new_zeros(())
+        else:
+            weights = torch.softmax(logits, -1)
+            aux_loss = self.config.balance_weight * balance_loss(weights) + self.config.z_weight * z_loss(logits)
 
         # Modality m's tokens are each expert's tokens of m, mixed by expert weight x that expert's gate on m; the
         # mixture is normalised (a LayerNorm follows), and how much of m the pseudo tokens see is its total share.
@@ -108,5 +111,5 @@ class FusionNetwork(nn.Module):
             expert_weights=every[..., 0].index_copy(1, self.kept, weights),
             modality_gates=every.index_copy(1, self.kept, gates),
             modality_weights=modality_weights,
-            aux_loss=self.config.balance_weight * balance_loss(weights),
+            aux_loss=aux_loss,
         )

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ..cache.schema import CacheError
+from ..fuse import FusionConfig
 from ..llm.lora import lora_targets as parse_lora_targets
 from ..weights import quiet_loaders
 from .evaluate import EVAL_BATCH_SIZE, evaluate_run
@@ -81,6 +82,9 @@ def train(
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
+    gate_z_weight: float = typer.Option(None, help="Weight of the expert gate's router z-loss, which keeps the gate "
+                                        "from saturating onto one expert, 0 = none (default: the preset's, "
+                                        f"{FusionConfig.z_weight})"),
     ablate: str = typer.Option(None, help=f"Train without one part of the model: {', '.join(ABLATIONS)}"),
     batch_size: int = typer.Option(TrainConfig.batch_size),
     bucket_by_length: bool = typer.Option(TrainConfig.bucket_by_length, help="Batch rows of like prompt length "
@@ -110,6 +114,8 @@ def train(
                          "context_turns": context_turns, "max_history_tokens": history_tokens,
                          "head_weight": head_weight, "speaker_pattern": speaker_pattern,
                          "speaker_names": speaker_names, **ABLATIONS.get(ablate, {})}
+        if gate_z_weight is not None:
+            model_options["fusion"] = {**model_options.get("fusion", {}), "z_weight": gate_z_weight}
         cfg = TrainConfig(caches=cache, out=out, preset=preset, epochs=epochs, max_steps=max_steps,
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,

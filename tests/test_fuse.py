@@ -1,4 +1,4 @@
-"""The fusion network: shapes, masks (masked data cannot change the output), gates, the balance loss."""
+"""The fusion network: shapes, masks (masked data cannot change the output), gates, the balance and z-losses."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from egmf.fuse import EXPERTS, FusionConfig, FusionNetwork
 from egmf.fuse.experts import ContextExpert, CorrelationExpert, LocalExpert
-from egmf.fuse.gating import balance_loss
+from egmf.fuse.gating import balance_loss, z_loss
 
 DIMS = {"audio": 12, "visual": 20, "text": 8}
 STEPS = {"audio": 9, "visual": 5, "text": 7}
@@ -194,6 +194,32 @@ def test_balance_loss_is_zero_when_balanced_and_log_e_when_collapsed():
     collapsed = torch.tensor([[2.0, 0.0, 0.0]] * 4, requires_grad=True)
     balance_loss(torch.softmax(collapsed, -1)).backward()
     assert collapsed.grad[0, 0] > 0  # the loss pushes the dominant expert's logit down
+
+
+def test_z_loss_pulls_a_saturated_gate_back_where_the_balance_loss_cannot():
+    assert z_loss(torch.zeros(4, 3)).item() == pytest.approx(math.log(3) ** 2)
+    saturated = torch.tensor([[20.0, 0.0, 0.0]] * 4, requires_grad=True)
+    balance_loss(torch.softmax(saturated, -1)).backward()
+    assert saturated.grad.abs().max() < 1e-6  # softmax has saturated: the balance loss no longer reaches the logits
+    saturated.grad = None
+    z_loss(saturated).backward()
+    assert saturated.grad[0, 0].item() == pytest.approx(2 * 20 / 4, rel=1e-4)  # d/dx mean(lse^2) = 2 lse p / rows
+
+
+def test_z_weight_adds_the_expert_gates_z_loss_to_the_aux_loss():
+    inputs = make_inputs()
+    outputs, logits = [], []
+    for z_weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        net = FusionNetwork(FusionConfig(d_model=32, n_heads=4, n_tokens=3, z_weight=z_weight), DIMS, H, 2, 0.7).eval()
+        net.expert_gate.register_forward_hook(lambda module, args, out: logits.append(out))
+        outputs.append(net(*inputs))
+    assert torch.equal(logits[0], logits[1]) and torch.equal(outputs[0].tokens, outputs[1].tokens)
+    assert (outputs[1].aux_loss - outputs[0].aux_loss).item() == pytest.approx(0.5 * z_loss(logits[0]).item(), rel=1e-5)
+    torch.manual_seed(0)
+    uniform = FusionNetwork(FusionConfig(d_model=32, n_heads=4, n_tokens=3, z_weight=0.5, uniform_gates=True), DIMS,
+                            H, 2, 0.7).eval()
+    assert uniform(*inputs).aux_loss.item() == 0  # fixed gates: nothing to balance, no logits in use
 
 
 def test_missing_modality_in_batch_and_bad_config_are_explained(net):

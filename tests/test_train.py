@@ -622,6 +622,18 @@ def test_each_ablation_trains_without_its_part_and_is_recorded(class_cache, tmp_
     assert result.exit_code == 1 and "choose one of no-tokens" in result.output
 
 
+def test_the_gate_z_weight_joins_an_ablations_fusion_settings_and_trains_into_the_aux_loss(class_cache, tmp_path):
+    for z in ("0", "50"):
+        result = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / z), "--preset", "tiny",
+                                           "--epochs", "1", "--batch-size", "8", "--ablate", "no-local",
+                                           "--gate-z-weight", z])
+        assert result.exit_code == 0, result.output
+    saved = [json.loads((tmp_path / z / "config.json").read_text())["model"]["fusion"] for z in ("0", "50")]
+    assert saved[1]["z_weight"] == 50 and saved[1]["experts"] == ["correlation", "context"] == saved[0]["experts"]
+    aux = [json.loads((tmp_path / z / "metrics.json").read_text())["history"][0]["train_aux_loss"] for z in ("0", "50")]
+    assert aux[1] > aux[0] + 1  # the z-loss of logits near 0 is about (ln 2) ** 2 per row, times 50
+
+
 def test_length_bucketed_batches_hold_every_row_once_with_less_padding():
     from egmf.pipeline.data import BUCKET_POOL, BatchStream
     n = 600  # several pools of 2-row batches; a plan needs only each split's length
