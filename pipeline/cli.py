@@ -82,9 +82,9 @@ def train(
     history_tokens: int = typer.Option(None, help=f"Dialogue corpora: token budget for the earlier turns' "
                                                   f"transcripts in the prompt, 0 = none (default: "
                                                   f"{ModelConfig.max_history_tokens})"),
-    gate_z_weight: float = typer.Option(None, help="Weight of the expert gate's router z-loss, which keeps the gate "
-                                        "from saturating onto one expert, 0 = none (default: the preset's, "
-                                        f"{FusionConfig.z_weight})"),
+    gate_z_weight: float = typer.Option(None, help="Weight of the expert gate's router z-loss, a pull on the gate's "
+                                        "logits against saturating onto one expert, 0 = none (default: the "
+                                        f"preset's, {FusionConfig.z_weight})"),
     ablate: str = typer.Option(None, help=f"Train without one part of the model: {', '.join(ABLATIONS)}"),
     batch_size: int = typer.Option(TrainConfig.batch_size),
     bucket_by_length: bool = typer.Option(TrainConfig.bucket_by_length, help="Batch rows of like prompt length "
