@@ -96,6 +96,9 @@ def train(
     class_weighting: float = typer.Option(TrainConfig.class_weighting, help="Weight rare classes up in the training "
                                           "losses: (class share / mean share) ** -P, mean 1 over the training rows; "
                                           "0 = none, 1 = inverse frequency, 0.5 its square root"),
+    ema_decay: float = typer.Option(TrainConfig.ema_decay, help="Score and save an exponential moving average of "
+                                    "the trained weights with this decay per step (e.g. 0.99); 0 = the weights "
+                                    "as trained"),
     patience: int = typer.Option(TrainConfig.patience, help="Early stopping: epochs without a better dev score"),
     checkpoint_every: int = typer.Option(TrainConfig.checkpoint_every, help="Steps between checkpoints a killed run "
                                          "resumes from; 0 = only the one after each epoch"),
@@ -120,7 +123,7 @@ def train(
                           modalities=modalities.split(",") if modalities else None, lr=lr, batch_size=batch_size,
                           patience=patience, checkpoint_every=checkpoint_every, seed=seed, device=device,
                           precision=precision, fusion_lr=fusion_lr, bucket_by_length=bucket_by_length,
-                          class_weighting=class_weighting, fusion_warmup=fusion_warmup,
+                          class_weighting=class_weighting, fusion_warmup=fusion_warmup, ema_decay=ema_decay,
                           overrides={k: v for k, v in model_options.items() if v is not None})
         result = train_seeds(cfg, _seeds(seed, seeds))
     except FAILURES as e:

@@ -134,18 +134,21 @@ class RunFolder:
                 return EGMF.load(self.path / name, upgrade)
         raise RunError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
 
-    def save_checkpoint(self, model, opt, sched, state: dict) -> None:
+    def save_checkpoint(self, model, opt, sched, state: dict, average=None) -> None:
         names = _trainable(model)
         trainable = {k: v for k, v in model.state_dict().items() if k in names}
         blob = {"format": CHECKPOINT_FORMAT, "model": trainable, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "state": state, "rng": _rng_state()}
+        if average is not None:
+            blob["average"] = average.state_dict()
         tmp = self.path / "checkpoint.pt.tmp"
         torch.save(blob, tmp)
         os.replace(tmp, self.path / "checkpoint.pt")  # atomic: the previous checkpoint stays until this one is whole
 
-    def resume(self, model, opt, sched, like: dict | None = None) -> dict | None:
-        """The training state of the checkpoint, its weights, optimiser, schedule and RNG states restored; None
-        when there is none. like: a fresh training state, whose keys and value types the saved one must have."""
+    def resume(self, model, opt, sched, like: dict | None = None, average=None) -> dict | None:
+        """The training state of the checkpoint, its weights, optimiser, schedule and RNG states restored (and
+        the weight average's, with one); None when there is none. like: a fresh training state, whose keys and
+        value types the saved one must have."""
         f = self.path / "checkpoint.pt"
         if not f.exists():
             return None
@@ -170,6 +173,17 @@ class RunFolder:
             raise RunError(f"{f}: the run was trained {was} --fusion-lr and is resumed {now} it (the optimiser "
                            f"keeps {len(groups)} parameter group(s), this run has {len(opt.param_groups)}). Fix: "
                            "resume with the options the run started with (its config.json), or train into a new --out")
+        if (average is None) != ("average" not in blob):
+            was, now = (("with", "without") if average is None else ("without", "with"))
+            raise RunError(f"{f}: the run was trained {was} --ema-decay and is resumed {now} it. Fix: resume with "
+                           "the options the run started with (its config.json), or train into a new --out")
+        if average is not None:
+            shadow = blob["average"]
+            if not isinstance(shadow, dict) or {n: tuple(v.shape) for n, v in shadow.items()
+                                                if isinstance(v, torch.Tensor)} != shapes:
+                raise RunError(f"{f}: a damaged checkpoint (its weight average does not match its weights). "
+                               f"{_REFUSED_FIX.format(f=f)}")
+            average.load_state_dict(shadow)
         model.load_state_dict(blob["model"], strict=False)
         try:
             opt.load_state_dict(blob["optimizer"])

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..cache.reader import Cache
 from ..cache.schema import CacheError
 from ..weights import pick_device
 from . import plots
+from .averaging import WeightAverage
 from .data import BatchStream, SplitData, feature_statistics, histories, load_split, task_of
 from .evaluate import EVAL_BATCH_SIZE, headline, primary_score, score_split
 from .metrics import scalar_metrics
@@ -70,6 +72,9 @@ class TrainConfig:
     # scaled so that the training rows' mean weight is 1: 0 = every row counts once, 1 = inverse frequency,
     # 0.5 its square root. Classification tasks only.
     class_weighting: float = 0.0
+    # Decay per step of an exponential moving average of the trainable weights (pipeline/averaging.py), which is
+    # then what each epoch's dev evaluation scores and what the run saves as its model; 0 = the trained weights.
+    ema_decay: float = 0.0
     progress: bool = True
     # ModelConfig fields over the preset's, e.g. {"lora_r": 16, "context_turns": 2, "fusion": {"n_tokens": 8}}
     overrides: dict = field(default_factory=dict)
@@ -89,6 +94,9 @@ class TrainConfig:
         for option, (value, lowest, fix) in limits.items():
             if value is not None and value < lowest:
                 raise ConfigError(f"--{option} {value}: must be at least {lowest}. Fix: {fix}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay {self.ema_decay}: must be at least 0 and below 1. Fix: pass 0 to keep "
+                              f"the trained weights, or e.g. 0.99 to average over the last ~100 steps")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: unknown. Fix: choose one of {', '.join(PRECISIONS)}")
 
@@ -229,11 +237,16 @@ class _Fit:
     total: float  # the step to stop at: --max-steps, or the end of the last epoch
     bar: tqdm
     progress: Progress
+    average: WeightAverage | None  # what is scored and saved, with --ema-decay
     data_wait: float = 0.0  # seconds waiting for batches,
     step_time: float = 0.0  # within whole steps
 
     def checkpoint(self, run: RunFolder) -> None:
-        run.save_checkpoint(self.model, self.opt, self.sched, self.progress.to_dict())
+        run.save_checkpoint(self.model, self.opt, self.sched, self.progress.to_dict(), self.average)
+
+    def scored(self):
+        """The weights that are evaluated and saved in the block: the average with --ema-decay."""
+        return nullcontext() if self.average is None else self.average.swapped_in()
 
 
 class Trainer:
@@ -289,17 +302,19 @@ class Trainer:
         wrapped = self._wrap(model)
         fresh = Progress().to_dict()
         del fresh["epoch_losses"]  # a checkpoint taken between epochs may have none
-        saved = self.run.resume(model, opt, sched, like=fresh)
+        average = self._average(model)
+        saved = self.run.resume(model, opt, sched, like=fresh, average=average)
         state = Progress.from_dict(saved) if saved else Progress()
         if cfg.fusion_warmup and not saved:  # a resumed run's checkpoint holds the warmed-up fusion
             fit_fusion_alone(model.fusion, model.heads, stream, cfg.fusion_warmup, cfg.fusion_lr or cfg.lr,
                              self.device, model.row_weights, progress=cfg.progress and self.rank == 0,
                              weight_decay=cfg.weight_decay, warmup=cfg.warmup)
+            average = self._average(model)  # averaging starts from the warmed-up fusion
         if self.rank == 0:
             self.run.write_config(cfg, model.config, self.caches, self.tasks, self.modalities)
         bar = tqdm(total=int(total), initial=state.step, desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
-        f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar, state)
+        f = _Fit(model, wrapped, opt, sched, stream, steps_per_epoch, total, bar, state, average)
         t0 = time.perf_counter()
         while state.epoch < cfg.epochs and state.step < total and state.bad_epochs < cfg.patience:
             finished = self._train_epoch(f)
@@ -325,6 +340,11 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return summary
+
+    def _average(self, model: EGMF) -> WeightAverage | None:
+        if not self.cfg.ema_decay:
+            return None
+        return WeightAverage({n: p for n, p in model.named_parameters() if p.requires_grad}, self.cfg.ema_decay)
 
     def _wrap(self, model: EGMF) -> torch.nn.Module:
         if self.world == 1:
@@ -362,6 +382,8 @@ class Trainer:
                 self._diverged("gradient norm", norm, state)
             f.opt.step()
             f.sched.step()
+            if f.average is not None:
+                f.average.update()
             state.step += 1
             losses.append(out.loss.item())
             lm.append(out.lm_loss.item())
@@ -394,7 +416,8 @@ class Trainer:
         record = {"epoch": state.epoch + 1, "step": state.step, "finished": finished,
                   "train_loss": mean(losses["loss"]), "train_lm_loss": mean(losses["lm"]),
                   "train_aux_loss": mean(losses["aux"]), "train_head_loss": mean(losses.get("head", []))}
-        record.update(self._evaluate(f.model, dev, "dev"))
+        with f.scored():
+            record.update(self._evaluate(f.model, dev, "dev"))
         record["dev_score"] = float(np.mean([primary_score(t, record["dev"][t.name]) for t in self.tasks]))
         state.history = [h for h in state.history if h["epoch"] != record["epoch"]] + [record]
         if self.rank == 0:
@@ -408,7 +431,8 @@ class Trainer:
         else:
             better = state.best == -math.inf  # no finished epoch has saved a model yet
         if better and self.rank == 0:
-            self.run.save_model(f.model)
+            with f.scored():
+                self.run.save_model(f.model)
 
     def _diverged(self, what: str, value: torch.Tensor, state: Progress):
         raise FloatingPointError(

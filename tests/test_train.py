@@ -15,7 +15,9 @@ from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
 from egmf.pipeline.evaluate import evaluate_run
+from egmf.pipeline.averaging import WeightAverage
 from egmf.pipeline.model import ModelConfig
+from egmf.pipeline.runfolder import RunFolder
 from egmf.pipeline.train import ConfigError, TrainConfig, Trainer
 
 runner = CliRunner()
@@ -198,6 +200,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     ("--fusion-warmup", "-1", "--fusion-warmup -1: must be at least 0. Fix: pass 0 to train the fusion with the LLM"),
     ("--speaker-pattern", "(", "--speaker-pattern '(': not a regular expression"),
     ("--class-weighting", "-0.5", "--class-weighting -0.5: must be at least 0. Fix: pass 0 for unweighted"),
+    ("--ema-decay", "1", "--ema-decay 1.0: must be at least 0 and below 1. Fix: pass 0 to keep the trained weights"),
 ])
 def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tmp_path, option, value, message):
     r = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(tmp_path / "run"), "--preset", "tiny",
@@ -589,6 +592,78 @@ def test_resuming_with_another_fusion_rate_setting_is_refused_with_the_fix(class
     assert result.exit_code == 1
     assert "trained with --fusion-lr and is resumed without it" in result.output
     assert "resume with the options the run started with" in result.output
+
+
+def test_the_weight_average_follows_each_step_and_swaps_in_and_back_exactly():
+    layer = torch.nn.Linear(3, 2)
+    params = dict(layer.named_parameters())
+    start = {n: p.detach().clone() for n, p in params.items()}
+    average = WeightAverage(params, decay=0.75)
+    steps = []
+    for k in range(3):
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(torch.randn_like(p))
+        steps.append({n: p.detach().clone() for n, p in params.items()})
+        average.update()
+    for n in params:  # shadow_k = 0.75 shadow_(k-1) + 0.25 weights_k, from the starting weights
+        expected = start[n]
+        for weights in steps:
+            expected = 0.75 * expected + 0.25 * weights[n]
+        assert torch.allclose(average.state_dict()[n], expected, atol=1e-6)
+    averaged = {n: t.clone() for n, t in average.state_dict().items()}
+    with average.swapped_in():
+        assert all(torch.equal(params[n], averaged[n]) for n in params)
+    assert all(torch.equal(params[n], steps[-1][n]) for n in params)  # the trained weights are back, bit for bit
+    assert all(torch.equal(average.state_dict()[n], averaged[n]) for n in params)
+
+
+def test_an_ema_run_saves_and_checkpoints_the_average_and_refuses_to_resume_without_it(class_cache, tmp_path):
+    run = tmp_path / "run"
+    _train(class_cache, run, epochs=1, ema_decay=0.5)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    average, trained = checkpoint["average"], checkpoint["model"]
+    assert average.keys() == trained.keys()
+    assert any(not torch.equal(average[n], trained[n]) for n in average)  # two steps: they differ
+    assert json.loads((run / "config.json").read_text())["train"]["ema_decay"] == 0.5
+    saved = dict(RunFolder(run).load_model().named_parameters())
+    kept = [n for n in average if not n.startswith("heads.")]  # the auxiliary head trains only: it is not saved
+    assert any(n.startswith("fusion.") for n in kept) and any("lora_" in n for n in kept)
+    for name in kept:  # the model folder holds the average, not the last weights
+        assert torch.equal(saved[name].detach(), average[name]), name
+    _train(class_cache, tmp_path / "plain", epochs=1)
+    assert "average" not in torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    result = runner.invoke(train_app, ["--cache", str(class_cache), "--out", str(run), "--preset", "tiny",
+                                       "--epochs", "2", "--batch-size", "8"])
+    assert result.exit_code == 1
+    assert "trained with --ema-decay and is resumed without it" in result.output
+
+
+def test_an_ema_run_stopped_mid_epoch_resumes_to_the_uninterrupted_average(class_cache, tmp_path, monkeypatch):
+    class Stopped(Exception):
+        pass
+
+    def train(out):
+        _train(class_cache, out, batch_size=2, ema_decay=0.9, checkpoint_every=1)  # 5 steps per epoch
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+
+    whole = train(tmp_path / "whole")
+    step, calls = torch.optim.AdamW.step, []
+
+    def stopping(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Stopped
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", stopping)
+    with pytest.raises(Stopped):
+        train(tmp_path / "cut")
+    monkeypatch.undo()
+    resumed = train(tmp_path / "cut")
+    assert whole["state"]["step"] == resumed["state"]["step"] == 10
+    for part in ("average", "model"):
+        assert all(torch.equal(whole[part][n], resumed[part][n]) for n in whole[part]), part
 
 
 def test_each_ablation_trains_without_its_part_and_is_recorded(class_cache, tmp_path):
