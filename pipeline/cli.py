@@ -194,6 +194,7 @@ def probe(
     batch_size: int = typer.Option(TrainConfig.batch_size, help="--fusion: as egmf-train's"),
     lr: float = typer.Option(TrainConfig.lr, help="--fusion: as egmf-train's"),
     seed: int = typer.Option(TrainConfig.seed, help="--fusion: as egmf-train's"),
+    ema_decay: float = typer.Option(TrainConfig.ema_decay, help="--fusion: as egmf-train's"),
     speaker_pattern: str = typer.Option(None, help="Standardise each speaker's features first, as egmf-train's "
                                                    "--speaker-pattern"),
 ):
@@ -203,7 +204,7 @@ def probe(
         splits = ("dev", "test") if test else ("dev",)
         chosen = modalities.split(",") if modalities else None
         result = (fusion_probe(store, chosen, splits, preset, epochs, batch_size, lr, seed,
-                               speaker_pattern=speaker_pattern) if fusion
+                               speaker_pattern=speaker_pattern, ema_decay=ema_decay) if fusion
                   else probe_cache(store, chosen, splits, speaker_pattern))
     except (CacheError, FileNotFoundError, OSError, ValueError) as e:
         _fail(e)

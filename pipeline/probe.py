@@ -12,6 +12,7 @@ linear probe and the full model, it tells which part a gap comes from: the fusio
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ..fuse import FusionNetwork
 from .data import BatchStream, SplitData, load_split, pool_steps, task_of
 from .evaluate import EVAL_BATCH_SIZE, primary_score
 from .metrics import compute_metrics, metric_kind
+from .averaging import WeightAverage
 from .model import AnswerHeads
 from .presets import model_config
 from .train import TrainConfig, feature_dims, fit_fusion_alone, seed_everything, standardise_inputs
@@ -100,9 +102,11 @@ def probe_cache(url: str, modalities: list[str] | None = None, splits: tuple[str
 def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[str, ...] = ("dev",),
                  preset: str = TrainConfig.preset, epochs: int = TrainConfig.epochs,
                  batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr, seed: int = TrainConfig.seed,
-                 progress: bool = True, speaker_pattern: str | None = None) -> dict:
+                 progress: bool = True, speaker_pattern: str | None = None,
+                 ema_decay: float = TrainConfig.ema_decay) -> dict:
     """The fusion network + auxiliary head alone, trained on train with egmf-train's optimiser, schedule and
-    clipping, the best dev epoch scored on `splits`. Returns probe_cache's layout with one setting, the
+    clipping (and with ema_decay, its moving average of the weights scored in their place, as egmf-train's), the
+    best dev epoch scored on `splits`. Returns probe_cache's layout with one setting, the
     modalities read together as the model reads them ("all", or the one modality's name), and the dev score of
     every epoch."""
     cache = Cache.open(url)
@@ -117,6 +121,8 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
     standardise_inputs(network, [data["train"]])
     heads = AnswerHeads([task], config.fusion.d_model)
     stream = BatchStream([data["train"]], batch_size, shuffle=True, seed=seed)
+    average = (WeightAverage({f"{k}.{n}": p for k, part in (("fusion", network), ("heads", heads))
+                              for n, p in part.named_parameters()}, ema_decay) if ema_decay else None)
 
     def score(split: str) -> dict:
         network.eval()
@@ -131,17 +137,19 @@ def fusion_probe(url: str, modalities: list[str] | None = None, splits: tuple[st
     history, best = [], {}
 
     def keep_best(epoch: int):
-        history.append(primary_score(task, score("dev")))
-        if not best or history[-1] > history[best["epoch"]]:
-            best.update(epoch=epoch, state=copy.deepcopy((network.state_dict(), heads.state_dict())))
+        with nullcontext() if average is None else average.swapped_in():
+            history.append(primary_score(task, score("dev")))
+            if not best or history[-1] > history[best["epoch"]]:
+                best.update(epoch=epoch, state=copy.deepcopy((network.state_dict(), heads.state_dict())))
 
-    fit_fusion_alone(network, heads, stream, epochs, lr, after_epoch=keep_best, progress=progress)
+    fit_fusion_alone(network, heads, stream, epochs, lr, after_epoch=keep_best, progress=progress, average=average)
     state = best["state"]
     network.load_state_dict(state[0])
     heads.load_state_dict(state[1])
     return {"cache": cache.url, "fingerprint": cache.fingerprint, "task": task.name,
             "model": f"the {preset} preset's fusion network + a linear head on its mean pseudo token, no LLM "
-                     f"({epochs} epochs, batch {batch_size}, lr {lr}, seed {seed}; best dev epoch {best['epoch'] + 1})",
+                     f"({epochs} epochs, batch {batch_size}, lr {lr}, seed {seed}"
+                     f"{f', weight average decay {ema_decay}' if ema_decay else ''}; best dev epoch {best['epoch'] + 1})",
             "train_rows": len(data["train"]), "dev_score_by_epoch": history,
             "settings": {"all" if len(chosen) > 1 else chosen[0]: {split: score(split) for split in splits}}}
 

@@ -155,10 +155,12 @@ def optimiser(params, lr: float, total: float, weight_decay: float = TrainConfig
 
 def fit_fusion_alone(network, heads, stream: BatchStream, epochs: int, lr: float, device=torch.device("cpu"),
                      row_weights=None, after_epoch=None, progress: bool = True,
-                     weight_decay: float = TrainConfig.weight_decay, warmup: float = TrainConfig.warmup) -> None:
+                     weight_decay: float = TrainConfig.weight_decay, warmup: float = TrainConfig.warmup,
+                     average: WeightAverage | None = None) -> None:
     """Train a fusion network and its auxiliary heads without the LLM, with egmf-train's optimiser, schedule and
     clipping: the head's loss on the pseudo tokens + the expert gate's balance loss. row_weights(batch): the
-    rows' loss weights (class weighting); after_epoch(epoch) runs after each epoch. Under torchrun, every
+    rows' loss weights (class weighting); after_epoch(epoch) runs after each epoch; average: updated after each
+    step. Under torchrun, every
     process trains on its own batches and the gradients are averaged, as DDP does for the whole model."""
     params = [*network.parameters(), *heads.parameters()]
     opt, sched = optimiser(params, lr, len(stream) * epochs, weight_decay, warmup)
@@ -178,6 +180,8 @@ def fit_fusion_alone(network, heads, stream: BatchStream, epochs: int, lr: float
             torch.nn.utils.clip_grad_norm_(params, TrainConfig.grad_clip)
             opt.step()
             sched.step()
+            if average is not None:
+                average.update()
         if after_epoch is not None:
             after_epoch(epoch)
 

@@ -90,6 +90,15 @@ def test_fusion_probe_learns_the_informative_modality_and_keeps_its_best_dev_epo
     assert noise["settings"]["visual"]["dev"]["Accuracy"] < 0.6
 
 
+def test_the_fusion_probe_with_a_weight_average_scores_and_keeps_the_average(tmp_path):
+    store = informative_cache(str(tmp_path / "c"))
+    args = dict(preset="tiny", epochs=3, batch_size=8, lr=3e-3, progress=False)
+    plain, averaged = fusion_probe(store, **args), fusion_probe(store, ema_decay=0.9, **args)
+    assert averaged["dev_score_by_epoch"] != plain["dev_score_by_epoch"]  # the same seed: the average is scored
+    assert averaged["settings"]["all"]["dev"]["Weighted_F1"] == max(averaged["dev_score_by_epoch"])
+    assert "weight average decay 0.9" in averaged["model"] and "weight average" not in plain["model"]
+
+
 def test_probe_command_runs_the_fusion_probe(tmp_path):
     store = informative_cache(str(tmp_path / "s"), kind="score")
     out = tmp_path / "fusion.json"
