@@ -211,11 +211,10 @@ def test_options_out_of_range_are_explained_before_anything_runs(class_cache, tm
 
 
 def test_checkpoint_every_0_keeps_only_the_epoch_checkpoints(class_cache, tmp_path, monkeypatch):
-    from egmf.pipeline.runfolder import RunFolder
     saved, save = [], RunFolder.save_checkpoint
     monkeypatch.setattr(RunFolder, "save_checkpoint",
-                        lambda self, model, opt, sched, state: saved.append(state["step"]) or save(
-                            self, model, opt, sched, state))
+                        lambda self, model, opt, sched, state, *rest: saved.append(state["step"]) or save(
+                            self, model, opt, sched, state, *rest))
     _train(class_cache, tmp_path / "run", batch_size=2, checkpoint_every=0)  # 5 steps per epoch
     assert saved == [5, 10]
 
