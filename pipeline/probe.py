@@ -24,10 +24,10 @@ from tqdm import tqdm
 from ..cache.reader import Cache
 from ..cache.schema import CacheError
 from ..fuse import FusionNetwork
+from .averaging import WeightAverage
 from .data import BatchStream, SplitData, load_split, pool_steps, task_of
 from .evaluate import EVAL_BATCH_SIZE, primary_score
 from .metrics import compute_metrics, metric_kind
-from .averaging import WeightAverage
 from .model import AnswerHeads
 from .presets import model_config
 from .train import TrainConfig, feature_dims, fit_fusion_alone, seed_everything, standardise_inputs
