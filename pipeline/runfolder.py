@@ -135,7 +135,7 @@ class RunFolder:
         raise RunError(f"{self.path}: no trained model saved yet. Fix: run egmf-train --out {self.path}")
 
     def save_checkpoint(self, model, opt, sched, state: dict, average=None) -> None:
-        names = _trainable(model)
+        names = trainable_by_name(model)
         trainable = {k: v for k, v in model.state_dict().items() if k in names}
         blob = {"format": CHECKPOINT_FORMAT, "model": trainable, "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "state": state, "rng": _rng_state()}
@@ -158,7 +158,7 @@ class RunFolder:
         if wrong:
             raise RunError(f"{f}: a damaged checkpoint (its training state lacks or mistypes {', '.join(wrong)}). "
                              f"{_REFUSED_FIX.format(f=f)}")
-        shapes = {n: tuple(p.shape) for n, p in _trainable(model).items()}
+        shapes = {n: tuple(p.shape) for n, p in trainable_by_name(model).items()}
         saved = {n: tuple(v.shape) for n, v in blob["model"].items()}
         missing, extra = sorted(set(shapes) - set(saved)), sorted(set(saved) - set(shapes))
         resized = [f"{n} {saved[n]} here {shapes[n]}" for n in sorted(shapes.keys() & saved) if saved[n] != shapes[n]]
@@ -238,7 +238,7 @@ def _weights_only_refusal(message: str) -> str | None:
     return built[0] if built else None
 
 
-def _trainable(model) -> dict[str, torch.nn.Parameter]:
+def trainable_by_name(model) -> dict[str, torch.nn.Parameter]:
     """The trainable parameters by name, in the order the trainer hands them to the optimiser."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 

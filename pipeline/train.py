@@ -32,7 +32,7 @@ from .metrics import scalar_metrics
 from .model import EGMF
 from .precision import PRECISIONS, autocast, use_bf16
 from .presets import model_config
-from .runfolder import RunFolder
+from .runfolder import RunFolder, trainable_by_name
 
 
 class ConfigError(ValueError):
@@ -134,7 +134,7 @@ def feature_dims(caches: list[Cache], modalities: list[str]) -> dict[str, int]:
 def parameter_groups(model: EGMF, lr: float, fusion_lr: float | None) -> list[dict]:
     """The trainable parameters in model order: one group, or with fusion_lr the fusion side then the LoRA weights
     (EGMF registers its fusion and heads before the LLM, so the order a checkpoint records stays the same)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = list(trainable_by_name(model).items())
     if fusion_lr is None:
         return [{"params": [p for _, p in named]}]
     return [{"params": [p for n, p in named if not n.startswith("llm.")], "lr": fusion_lr},
@@ -348,7 +348,7 @@ class Trainer:
     def _average(self, model: EGMF) -> WeightAverage | None:
         if not self.cfg.ema_decay:
             return None
-        return WeightAverage({n: p for n, p in model.named_parameters() if p.requires_grad}, self.cfg.ema_decay)
+        return WeightAverage(trainable_by_name(model), self.cfg.ema_decay)
 
     def _wrap(self, model: EGMF) -> torch.nn.Module:
         if self.world == 1:

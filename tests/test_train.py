@@ -14,8 +14,8 @@ import synthetic_cache as sc
 from egmf.cache.reader import Cache
 from egmf.cache.schema import CacheError
 from egmf.pipeline.cli import eval_app, predict_app, train_app
-from egmf.pipeline.evaluate import evaluate_run
 from egmf.pipeline.averaging import WeightAverage
+from egmf.pipeline.evaluate import evaluate_run
 from egmf.pipeline.model import ModelConfig
 from egmf.pipeline.runfolder import RunFolder
 from egmf.pipeline.train import ConfigError, TrainConfig, Trainer
@@ -599,7 +599,7 @@ def test_the_weight_average_follows_each_step_and_swaps_in_and_back_exactly():
     start = {n: p.detach().clone() for n, p in params.items()}
     average = WeightAverage(params, decay=0.75)
     steps = []
-    for k in range(3):
+    for _ in range(3):
         with torch.no_grad():
             for p in params.values():
                 p.add_(torch.randn_like(p))
